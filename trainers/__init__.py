@@ -1,0 +1,1 @@
+"""Data, tasks, models, source training and transfer for robverify."""
