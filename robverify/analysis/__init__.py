@@ -1,0 +1,1 @@
+"""Analysis of result tables: robustness distributions, certified-accuracy curves, statistics and figures."""
