@@ -1,0 +1,102 @@
+"""A model under verification: its graph IR, an onnxruntime judge and its identity (hash)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from robverify.errors import RobverifyError
+from robverify.graph import Graph
+from robverify.onnx_import import check_against_runtime, from_onnx
+from robverify.runtime import OnnxRuntimeModel
+from robverify.spec import Spec
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu`` / ``cuda[:i]`` as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise RobverifyError(f"unknown device: expected auto, cpu or cuda, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RobverifyError("device cuda requested but CUDA is not available here")
+    return dev
+
+
+@dataclass
+class LoadedModel:
+    """``graph`` (on ``device``), ``runtime`` (onnxruntime on CPU, float64 outputs), ``sha256`` of the file."""
+
+    path: Path
+    graph: Graph
+    runtime: OnnxRuntimeModel
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Labels predicted by onnxruntime ``[N]`` for ``[N, *input_shape]``."""
+        return torch.from_numpy(self.runtime.logits(x).argmax(axis=1))
+
+    def confirm(self, spec: Spec, x_adv: Tensor, candidates: Tensor) -> Tensor:
+        """Re-check candidate counterexamples in onnxruntime: inside the box and property margin ``<= 0``.
+
+        Returns ``[B]`` bool; non-candidates are False.
+        """
+        confirmed = torch.zeros(spec.batch_size, dtype=torch.bool)
+        idx = candidates.nonzero().squeeze(1).cpu()
+        if idx.numel() == 0:
+            return confirmed
+        x = x_adv[idx].detach().cpu()
+        sub = spec.select(idx.to(spec.x_lo.device)).to("cpu", torch.float64)
+        x64 = x.to(torch.float32).to(torch.float64)  # what onnxruntime will be fed
+        inside = ((x64 >= sub.x_lo) & (x64 <= sub.x_hi)).flatten(1).all(dim=1)
+        y = torch.from_numpy(self.runtime.logits(x.to(torch.float32).numpy()))
+        margin = sub.output_margin(y)
+        confirmed[idx] = inside & (margin <= 0)
+        return confirmed
+
+
+def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Read an ONNX model into the IR, check it against onnxruntime and move it to ``device``."""
+    path = Path(path)
+    graph = from_onnx(path, check=False)
+    runtime = OnnxRuntimeModel(path, graph.input_shape, graph.dynamic_batch)
+    check_against_runtime(graph, runtime)
+    graph.to(resolve_device(device), dtype)
+    return LoadedModel(path, graph, runtime, file_sha256(path))
+
+
+def inputs_for(model: LoadedModel, x: Tensor) -> tuple[Tensor, dict | None]:
+    """Reshape task images ``[N, *image_shape]`` to the model's input shape when only the layout differs.
+
+    Returns the reshaped tensor and a record of the reshape (None if none was needed); different element
+    counts are an input error.
+    """
+    image_shape = tuple(x.shape[1:])
+    want = model.graph.input_shape
+    if image_shape == want:
+        return x, None
+    if int(np.prod(image_shape)) != int(np.prod(want)):
+        raise RobverifyError(
+            f"task images of shape {list(image_shape)} do not fit the model input {list(want)} "
+            f"({int(np.prod(image_shape))} vs {int(np.prod(want))} values)"
+        )
+    return x.reshape(x.shape[0], *want), {"from": list(image_shape), "to": list(want)}
