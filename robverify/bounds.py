@@ -235,9 +235,26 @@ class _Propagator:
         rows = torch.maximum(rows, cibp) if keep_best else cibp
         if method == Method.CROWN_IBP:
             return rows
+        if keep_best:
+            # Samples CROWN-IBP already proves keep its bound; the costly passes run on the others only.
+            open_ = (spec.property_margin(rows) <= 0).nonzero().squeeze(1)
+            if open_.numel() == 0:
+                return rows
+            if open_.numel() < spec.batch_size:
+                sub = _Propagator(self.graph, self.x_lo[open_], self.x_hi[open_], self.opts)
+                sub_spec = spec.select(open_)
+                sub.intervals(refine=False)
+                return rows.index_put((open_,), sub.tighter_rows(sub_spec, method, rows[open_]))
+        return self.tighter_rows(spec, method, rows)
+
+    def tighter_rows(self, spec: Spec, method: Method, rows: Tensor) -> Tensor:
+        """CROWN (and alpha-CROWN) rows given the cheaper ``rows``; interval boxes must be filled."""
         self.intervals(refine=True)
         crown = self.spec_rows(spec)
-        rows = torch.maximum(torch.maximum(rows, crown), self.ibp_rows(spec)) if keep_best else crown
+        if self.opts.intersect_ibp:
+            rows = torch.maximum(torch.maximum(rows, crown), self.ibp_rows(spec))
+        else:
+            rows = crown
         if method == Method.CROWN:
             return rows
         return torch.maximum(rows, self.optimise_alpha(spec, rows))

@@ -95,6 +95,10 @@ class BlockNet(nn.Module):
         self.head = head
         self.config = config
 
+    def ir_sequence(self) -> list[tuple[str, nn.Module]]:
+        """The forward order as named modules, read by :func:`robverify.module_import.from_module`."""
+        return [("normalize", self.normalize), *self.blocks.items(), ("head", self.head)]
+
     def block_names(self) -> list[str]:
         """Names of the blocks in forward order (the head is not a block)."""
         return list(self.blocks.keys())
