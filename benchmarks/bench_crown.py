@@ -1,0 +1,73 @@
+"""Benchmark: native bounds on cnn-small (1x28x28), 256 samples, eps = 1/255, and a robustness distribution.
+
+Prints time per bound call and per sample and peak memory (RSS) for each method, then the time of a
+100-sample CROWN robustness distribution to tol 1e-4. The model is trained here for 2 epochs on mnist5k
+(standard training), so figures depend on how many neurons the interval bounds leave unstable.
+
+    .venv/bin/python benchmarks/bench_crown.py [--samples 256] [--dist-samples 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--dist-samples", type=int, default=100)
+    parser.add_argument("--eps", type=float, default=1 / 255)
+    args = parser.parse_args()
+
+    from properties.onnx_export import export_onnx
+    from robverify.backends.native import NativeBackend
+    from robverify.bounds import compute_bounds
+    from robverify.model import load_model
+    from robverify.search import critical_epsilon
+    from robverify.spec import robustness_spec
+    from trainers.tasks import load_task, sample_test
+    from trainers.training import train_standard
+    from trainers.zoo import build_model
+
+    torch.manual_seed(0)
+    data = load_task("mnist5k[0-9]")
+    net = build_model("cnn-small", data.input_shape, 10, mean=[0.13], std=[0.31], seed=0)
+    train_standard(net, data.x_train, data.y_train, epochs=2, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(net, Path(tmp) / "cnn_small.onnx", data.input_shape).path
+        model = load_model(path)
+    x, y, _ = sample_test(data, args.samples, seed=0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cnn-small, {args.samples} samples, "
+          f"eps {args.eps:.5f}")
+    spec = robustness_spec(x, y, args.eps, 10)
+    compute_bounds(model.graph, spec.select(torch.arange(4)), "crown")  # warm-up
+    print(f"{'method':<12} {'time_s':>8} {'ms/sample':>10} {'verified':>9} {'peak_rss_gb':>12}")
+    for method in ["ibp", "crown-ibp", "crown", "alpha-crown"]:
+        start = time.perf_counter()
+        result = compute_bounds(model.graph, spec, method)
+        seconds = time.perf_counter() - start
+        print(f"{method:<12} {seconds:8.2f} {1000 * seconds / args.samples:10.2f} "
+              f"{float((result.margin_lb > 0).float().mean()):9.3f} {peak_rss_gb():12.2f}")
+    correct = (model.predict(x) == y).nonzero().squeeze(1)[: args.dist_samples]
+    backend = NativeBackend(model, "crown")
+    start = time.perf_counter()
+    res = critical_epsilon(backend, x[correct], y[correct], 10, tol=1e-4)
+    seconds = time.perf_counter() - start
+    print(f"robustness distribution: {correct.numel()} samples to tol 1e-4 with CROWN in {seconds:.1f} s "
+          f"({int(res.n_calls.sum())} bound calls in all, {res.n_calls.float().mean():.1f} per sample); "
+          f"median eps_lo {res.eps_lo.median():.4f}, median eps_hi {res.eps_hi.median():.4f}; "
+          f"peak RSS {peak_rss_gb():.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
