@@ -279,6 +279,8 @@ class _Builder:
         self.emit(out, ops.Pad(torch_pads, value), [inputs[0]])
 
     def _pool_geometry(self, attrs, where):
+        if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise RobverifyError(f"{self.source}: node {where}: auto_pad={attrs['auto_pad']} is not supported")
         kernel = tuple(attrs["kernel_shape"])
         if len(kernel) != 2:
             raise RobverifyError(f"{self.source}: node {where}: only 2-D pooling is supported")
@@ -309,7 +311,8 @@ def _trim_leading_ones(c: Tensor, rank: int) -> Tensor:
 def _attributes(node) -> dict:
     from onnx import helper
 
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
 def _fold(op_type: str, values: list[Tensor | None], attrs: dict, where: str) -> Tensor:
@@ -326,7 +329,7 @@ def _fold(op_type: str, values: list[Tensor | None], attrs: dict, where: str) ->
         "Concat": lambda: torch.cat([t.reshape(-1) if t.dim() == 0 else t for t in v if t is not None],
                                     dim=attrs.get("axis", 0)),
         "Gather": lambda: torch.index_select(v[0], attrs.get("axis", 0), v[1].reshape(-1).long()).reshape(
-            *v[0].shape[:attrs.get("axis", 0)], *v[1].shape, *v[0].shape[attrs.get("axis", 0) + 1:]),
+            (*v[0].shape[:attrs.get("axis", 0)], *v[1].shape, *v[0].shape[attrs.get("axis", 0) + 1:])),
         "Unsqueeze": lambda: _fold_unsqueeze(v, attrs),
         "Squeeze": lambda: v[0].squeeze(),
         "Reshape": lambda: v[0].reshape([int(t) for t in v[1].tolist()]),
@@ -373,6 +376,9 @@ def check_against_runtime(graph: Graph, runtime: OnnxRuntimeModel, n: int = 4, s
     with torch.no_grad():
         ours = graph.logits(x).double().numpy()
     theirs = runtime.logits(x)
+    if ours.shape != theirs.shape:
+        raise RobverifyError(f"{graph.source}: graph IR output {list(ours.shape)} differs from onnxruntime's "
+                             f"{list(theirs.shape)}")
     diff = float(np.max(np.abs(ours - theirs))) if ours.size else 0.0
     scale = 1.0 + float(np.max(np.abs(theirs))) if theirs.size else 1.0
     if not diff <= 1e-4 * scale:

@@ -482,9 +482,6 @@ def _loads_and_matches(path: Path) -> None:
     np.testing.assert_allclose(ours, _runtime_logits(path, graph, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "onnx_import._fold: Gather with a scalar (0-d) index folds to .reshape() with no shape and raises "
-    "TypeError; torch exports x.view(x.size(0), -1) as Shape -> Gather(index 0) -> Unsqueeze -> Concat -> Reshape"))
 def test_torch_view_export_loads(tmp_path):
     class ViewNet(nn.Module):
         def __init__(self) -> None:
@@ -500,10 +497,6 @@ def test_torch_view_export_loads(tmp_path):
     _loads_and_matches(path)
 
 
-@pytest.mark.xfail(strict=True, raises=RobverifyError, reason=(
-    "onnx_import: STRING attributes arrive as bytes from onnx.helper.get_attribute_value and are compared "
-    "with str, so Pad with mode='constant' (as torch's exporter writes it) and Conv with auto_pad='NOTSET' or "
-    "'VALID' are rejected as unsupported"))
 @pytest.mark.parametrize("case", ["pad-mode-constant", "conv-auto_pad-NOTSET", "conv-auto_pad-VALID"])
 def test_explicit_default_string_attributes_are_accepted(tmp_path, case):
     if case == "pad-mode-constant":
@@ -516,10 +509,6 @@ def test_explicit_default_string_attributes_are_accepted(tmp_path, case):
     _loads_and_matches(path)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "onnx_import._pool_geometry ignores auto_pad: a MaxPool or AveragePool with auto_pad=SAME_UPPER is read "
-    "with zero padding, and the parity check then fails with a raw numpy ValueError (shape mismatch) instead of a "
-    "RobverifyError"))
 @pytest.mark.parametrize("op_type", ["MaxPool", "AveragePool"])
 def test_pooling_auto_pad_is_read_or_rejected(tmp_path, op_type):
     node = helper.make_node(op_type, ["x"], ["y"], name="pool", kernel_shape=[2, 2], auto_pad="SAME_UPPER")
