@@ -77,11 +77,25 @@ def _check_eps(values: list[float]) -> None:
             raise RobverifyError(f"--eps must be a finite number >= 0, got {e}")
 
 
-def _open_run(out: Path, command: str, arguments: dict, fingerprint: dict, key: list[str]):
+def _prepare_run(command: str, key: list[str], model: Path, task: str | None, n: int, seed: int,
+                 data_root: Path | None, device: str, method: str, backend: str, out: Path | None,
+                 settings: dict):
+    """Load the model and the samples, and open (or resume) the run directory of ``command``.
+
+    ``settings`` are the command's own settings; with the common ones they make the run's fingerprint.
+    """
+    from robverify.model import load_model
     from robverify.results import RunDir
 
-    return RunDir.open(out, command, {k: str(v) if isinstance(v, Path) else v for k, v in arguments.items()},
-                       fingerprint, key)
+    loaded = load_model(model, device)
+    task = _task_for(model, task)
+    samples, reshape, digest = _samples(loaded, task, n, seed, data_root)
+    out = out or Path("runs") / f"{command.split('-')[0]}-{loaded.name}-{method}"
+    common = dict(task=samples.task, n=n, seed=seed, method=method, backend=backend)
+    arguments = dict(model=str(model), device=device, **common, **settings)
+    run = RunDir.open(out, command, arguments, dict(model_sha256=loaded.sha256, **common, **settings), key)
+    run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape)
+    return loaded, samples, run, out
 
 
 def _backend(model, backend: str, method: str, batch_size: int, seed: int):
@@ -100,20 +114,13 @@ def certify(
 ) -> None:
     """Verdict per sample at each eps, with clean / PGD / certified accuracy."""
     from robverify.jobs import run_certify
-    from robverify.model import load_model
     from robverify.spec import Method
 
     _check_eps(eps)
     method = Method.parse(method).value
-    loaded = load_model(model, device)
-    task = _task_for(model, task)
-    samples, reshape, digest = _samples(loaded, task, n, seed, data_root)
-    out = out or Path("runs") / f"certify-{loaded.name}-{method}"
-    fingerprint = dict(model_sha256=loaded.sha256, task=samples.task, n=n, seed=seed, method=method,
-                       backend=backend, eps=sorted(eps))
-    run = _open_run(out, "certify", dict(model=model, task=task, n=n, eps=eps, method=method, backend=backend,
-                                         seed=seed, device=device), fingerprint, ["sample_id", "eps"])
-    run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape)
+    loaded, samples, run, out = _prepare_run(
+        "certify", ["sample_id", "eps"], model, task, n, seed, data_root, device, method, backend, out,
+        settings=dict(eps=sorted(eps)))
     engine = _backend(loaded, backend, method, batch_size, seed)
     with _progress() as bar:
         job = bar.add_task(f"certify {loaded.name} ({method})", total=n)
@@ -140,7 +147,6 @@ def sweep_epsilon(
 ) -> None:
     """The robustness distribution: per-sample brackets (eps_lo, eps_hi), ECDF and certified-accuracy plots."""
     from robverify.jobs import run_sweep
-    from robverify.model import load_model
     from robverify.results import write_verona_result_df
     from robverify.search import parse_grid
     from robverify.spec import Method
@@ -151,16 +157,9 @@ def sweep_epsilon(
         raise RobverifyError(f"--eps-max must be a finite number > 0, got {eps_max}")
     grid_values = parse_grid(grid) if grid else None
     method = Method.parse(method).value
-    loaded = load_model(model, device)
-    task = _task_for(model, task)
-    samples, reshape, digest = _samples(loaded, task, n, seed, data_root)
-    out = out or Path("runs") / f"sweep-{loaded.name}-{method}"
-    fingerprint = dict(model_sha256=loaded.sha256, task=samples.task, n=n, seed=seed, method=method,
-                       backend=backend, tol=tol, grid=grid_values, eps_max=eps_max)
-    run = _open_run(out, "sweep-epsilon", dict(model=model, task=task, n=n, method=method, backend=backend,
-                                               tol=tol, grid=grid, eps_max=eps_max, seed=seed, device=device),
-                    fingerprint, ["sample_id"])
-    run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape)
+    loaded, samples, run, out = _prepare_run(
+        "sweep-epsilon", ["sample_id"], model, task, n, seed, data_root, device, method, backend, out,
+        settings=dict(tol=tol, grid=grid_values, eps_max=eps_max))
     engine = _backend(loaded, backend, method, batch_size, seed)
     with _progress() as bar:
         job = bar.add_task(f"sweep {loaded.name} ({method})", total=n)
