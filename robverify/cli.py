@@ -30,6 +30,11 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of sample choice, spl
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
 DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="Folder with torchvision datasets.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Specs bounded per engine call.")]
+VerifierOpt = Annotated[Optional[str], typer.Option("--verifier", help="Verifier inside --backend verona.")]
+VerifierCmdOpt = Annotated[Optional[str], typer.Option(
+    "--verifier-cmd", help="VNN-COMP run_instance.sh of --backend external.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option(
+    "--timeout", help="Seconds per query of complete verifiers (marabou, external, verona).")]
 
 
 def _not_built(what: str) -> None:
@@ -98,10 +103,19 @@ def _prepare_run(command: str, key: list[str], model: Path, task: str | None, n:
     return loaded, samples, run, out
 
 
-def _backend(model, backend: str, method: str, batch_size: int, seed: int):
+def _backend_options(verifier: str | None, verifier_cmd: str | None, timeout: float | None):
+    from robverify.backends import BackendOptions
+
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise RobverifyError(f"--timeout must be a finite number > 0, got {timeout}")
+    return BackendOptions(verifier=verifier, verifier_cmd=verifier_cmd, timeout=timeout)
+
+
+def _backend(model, backend: str, method: str, batch_size: int, seed: int, options=None):
     from robverify.backends import AttackConfig, get_backend
 
-    return get_backend(backend)(model, method, batch_size=batch_size, attack=AttackConfig(seed=seed))
+    return get_backend(backend)(model, method, batch_size=batch_size, attack=AttackConfig(seed=seed),
+                                options=options)
 
 
 @app.command()
@@ -110,7 +124,8 @@ def certify(
     eps: Annotated[list[float], typer.Option("--eps", help="L-inf radius in pixel scale; repeat for several.")],
     task: TaskOpt = None, n: NOpt = 100, method: MethodOpt = "crown", backend: BackendOpt = "native",
     out: OutOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_root: DataRootOpt = None,
-    batch_size: BatchOpt = 256,
+    batch_size: BatchOpt = 256, verifier: VerifierOpt = None, verifier_cmd: VerifierCmdOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Verdict per sample at each eps, with clean / PGD / certified accuracy."""
     from robverify.jobs import run_certify
@@ -118,10 +133,11 @@ def certify(
 
     _check_eps(eps)
     method = Method.parse(method).value
+    options = _backend_options(verifier, verifier_cmd, timeout)
     loaded, samples, run, out = _prepare_run(
         "certify", ["sample_id", "eps"], model, task, n, seed, data_root, device, method, backend, out,
-        settings=dict(eps=sorted(eps)))
-    engine = _backend(loaded, backend, method, batch_size, seed)
+        settings=dict(eps=sorted(eps), **options.fingerprint()))
+    engine = _backend(loaded, backend, method, batch_size, seed, options)
     with _progress() as bar:
         job = bar.add_task(f"certify {loaded.name} ({method})", total=n)
         bar.update(job, completed=len({k[0] for k in run.done_keys()}))
@@ -143,7 +159,8 @@ def sweep_epsilon(
     grid: Annotated[Optional[str], typer.Option("--grid", help="START:STOP:STEP or e1,e2,... (VERONA-style).")] = None,
     eps_max: Annotated[float, typer.Option("--eps-max", help="Largest eps searched.")] = 1.0,
     out: OutOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_root: DataRootOpt = None,
-    batch_size: BatchOpt = 256,
+    batch_size: BatchOpt = 256, verifier: VerifierOpt = None, verifier_cmd: VerifierCmdOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """The robustness distribution: per-sample brackets (eps_lo, eps_hi), ECDF and certified-accuracy plots."""
     from robverify.jobs import run_sweep
@@ -157,10 +174,11 @@ def sweep_epsilon(
         raise RobverifyError(f"--eps-max must be a finite number > 0, got {eps_max}")
     grid_values = parse_grid(grid) if grid else None
     method = Method.parse(method).value
+    options = _backend_options(verifier, verifier_cmd, timeout)
     loaded, samples, run, out = _prepare_run(
         "sweep-epsilon", ["sample_id"], model, task, n, seed, data_root, device, method, backend, out,
-        settings=dict(tol=tol, grid=grid_values, eps_max=eps_max))
-    engine = _backend(loaded, backend, method, batch_size, seed)
+        settings=dict(tol=tol, grid=grid_values, eps_max=eps_max, **options.fingerprint()))
+    engine = _backend(loaded, backend, method, batch_size, seed, options)
     with _progress() as bar:
         job = bar.add_task(f"sweep {loaded.name} ({method})", total=n)
         bar.update(job, completed=len(run.done_keys()))
@@ -260,9 +278,11 @@ def demo(
     if not model.is_file():
         train_and_export("mnist5k[0-4]", "cnn-small", "standard", 0.0, 3, out / "source", 0, None)
     certify(model, [1 / 255, 2 / 255, 4 / 255], task=None, n=n, method="crown", backend="native",
-            out=out / "certify", seed=0, device="cpu", data_root=None, batch_size=256)
+            out=out / "certify", seed=0, device="cpu", data_root=None, batch_size=256, verifier=None,
+            verifier_cmd=None, timeout=None)
     sweep_epsilon(model, task=None, n=n, method="crown", backend="native", tol=1e-3, grid=None, eps_max=0.3,
-                  out=out / "sweep", seed=0, device="cpu", data_root=None, batch_size=256)
+                  out=out / "sweep", seed=0, device="cpu", data_root=None, batch_size=256, verifier=None,
+                  verifier_cmd=None, timeout=None)
     console.print(f"demo outputs: {out.resolve()}")
 
 

@@ -52,15 +52,6 @@ def test_help_lists_the_commands():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["transfer x", "export-vnnlib m.onnx", "verify m.onnx p.vnnlib", "compare r",
-                                     "run study.toml"])
-def test_unbuilt_commands_say_so_and_exit_2(command):
-    result = run_cli(*command.split())
-    assert result.returncode == 2
-    assert "not built yet" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 def _one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from robverify.backends.base import AttackConfig, Backend, FalsifyResult, VerifyResult
+from robverify.backends.base import AttackConfig, Backend, BackendOptions, FalsifyResult, VerifyResult
 from robverify.errors import RobverifyError
 
 _REGISTRY: dict[str, Callable[[], type[Backend]]] = {}
@@ -31,6 +31,19 @@ def _native() -> type[Backend]:
     return NativeBackend
 
 
-register("native", _native)
+def _lazy(module: str, cls: str) -> Callable[[], type[Backend]]:
+    def load() -> type[Backend]:
+        import importlib
 
-__all__ = ["AttackConfig", "Backend", "FalsifyResult", "VerifyResult", "register", "get_backend", "backend_names"]
+        return getattr(importlib.import_module(module), cls)
+
+    return load
+
+
+register("native", _native)
+register("lirpa", _lazy("robverify.backends.lirpa", "LirpaBackend"))
+register("verona", _lazy("robverify.backends.verona", "VeronaBackend"))
+register("marabou", _lazy("robverify.backends.marabou", "MarabouBackend"))
+register("external", _lazy("robverify.backends.external", "ExternalBackend"))
+
+__all__ = ["AttackConfig", "Backend", "BackendOptions", "FalsifyResult", "VerifyResult", "register", "get_backend", "backend_names"]

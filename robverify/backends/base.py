@@ -26,6 +26,22 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class BackendOptions:
+    """Settings that only some backends read: ``verifier`` (the verifier inside ``--backend verona``),
+    ``verifier_cmd`` (the VNN-COMP ``run_instance.sh`` of ``--backend external``) and ``timeout`` (seconds per
+    query of complete verifiers: marabou, external, verona). A backend that needs one and lacks it raises
+    :class:`RobverifyError`."""
+
+    verifier: str | None = None
+    verifier_cmd: str | None = None
+    timeout: float | None = None
+
+    def fingerprint(self) -> dict:
+        """The options that are set, for the run directory's fingerprint."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     """``verified`` ``[B]`` bool; ``margin_lb`` ``[B]`` sound lower bound of the property margin."""
 
@@ -49,8 +65,9 @@ class Backend(ABC):
     name: ClassVar[str]
 
     def __init__(self, model: LoadedModel, method: Method | str = Method.CROWN, *, batch_size: int = 256,
-                 attack: AttackConfig | None = None) -> None:
+                 attack: AttackConfig | None = None, options: BackendOptions | None = None) -> None:
         self.model = model
+        self.options = options or BackendOptions()
         self.method = Method.parse(method)
         self.batch_size = batch_size
         self.attack = attack or AttackConfig()

@@ -13,7 +13,7 @@ class NativeBackend(Backend):
     """IBP / CROWN-IBP / CROWN / alpha-CROWN of :mod:`robverify.bounds` on the model's graph IR."""
 
     name = "native"
-    options = BoundOptions()
+    bound_options = BoundOptions()
 
     def _bound(self, spec: Spec) -> Tensor:
-        return compute_bounds(self.model.graph, spec, self.method, self.options).margin_lb
+        return compute_bounds(self.model.graph, spec, self.method, self.bound_options).margin_lb
