@@ -26,6 +26,7 @@ from torch import Tensor
 from robverify.graph import Graph, Node
 from robverify.ops import Relu
 from robverify.ops.base import Box, LinearOp
+from robverify.patches import conv_chain_bounds, find_conv_chain, row_width
 from robverify.spec import Method, Spec
 
 
@@ -42,6 +43,8 @@ class BoundOptions:
     safety: float | None = None
     #: keep autograd through the bounds w.r.t. the graph's parameters (certified training)
     grad: bool = False
+    #: bound conv -> activation -> conv neurons on their receptive fields (robverify.patches); False: dense rows
+    patches: bool = True
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class _Propagator:
         self.exact = _exact_nodes(graph)
         self._ancestors: dict[str, list[Node]] = {}
         self._width: dict[str, int] = {}
+        self.chains = {name: find_conv_chain(graph, name) for name in self.relu_only} if opts.patches else {}
 
     # -- passes ------------------------------------------------------------------------------------------------
     def intervals(self, refine: bool) -> None:
@@ -187,14 +191,21 @@ class _Propagator:
         valid = torch.arange(K, device=lo.device).unsqueeze(0) < counts.unsqueeze(1)
         new_lo, new_hi = lo.reshape(B, n).clone(), hi.reshape(B, n).clone()
         node = self.graph.node(name)
-        jac = _jacobian(node, self.graph.shape_of(node.inputs[0])) if isinstance(node.op, LinearOp) else None
+        chain = self.chains.get(name)
+        jac = None
+        if chain is None and isinstance(node.op, LinearOp):
+            jac = _jacobian(node, self.graph.shape_of(node.inputs[0]))
         self.ancestors(name)
-        chunk = max(1, self.opts.budget // max(1, 2 * B * self._width[name]))
+        width = row_width(chain) if chain is not None else 2 * self._width[name]
+        chunk = max(1, self.opts.budget // max(1, B * width))
         for start in range(0, K, chunk):
             idx = order[:, start:start + chunk]
             ok = valid[:, start:start + chunk]
             k = idx.shape[1]
-            if jac is not None:
+            if chain is not None:
+                # Each neuron bounded on its receptive field only (robverify.patches).
+                lower, upper = conv_chain_bounds(chain, self.boxes, idx)
+            elif jac is not None:
                 # One affine step by row lookup: rows of L for the chosen neurons, shared by both signs.
                 J, c = jac
                 A = J[idx]  # [B, k, *in_shape]

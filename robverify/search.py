@@ -1,13 +1,17 @@
 """Batched per-sample critical-epsilon search: the bracket ``[eps_lo, eps_hi]`` of every sample.
 
-Two bisections run side by side on each sample and share what they learn:
+Two searches run side by side on each sample and share what they learn:
 * the *lower* one keeps ``v`` (largest eps the backend verified) and ``w`` (smallest eps it failed to verify);
+  its steps interpolate the bound's property margin between ``v`` and ``w`` (regula falsi with the Illinois
+  rule, bisection whenever two steps did not halve the interval), so few bound calls reach ``tol``;
 * the *upper* one keeps ``a`` (largest eps the attack failed at) and ``f`` (smallest eps with a counterexample
-  re-checked in onnxruntime; in continuous mode the counterexample's own L-inf distance).
-Each round makes one batched bound call for the samples whose lower interval is open and one batched attack
-call for those whose upper interval is open. ``eps_lo`` is always an eps that was verified (NaN if not even
-eps = 0 was), ``eps_hi`` one that was falsified (inf if none). With ``grid``, positions are grid indices and
-the search is VERONA's binary search over the epsilon list.
+  re-checked in onnxruntime; in continuous mode the counterexample's own L-inf distance) and bisects.
+Each round makes one batched bound call and one batched attack call, each over the samples that need one.
+A sample is done when ``f - v <= tol`` (``exact``) or when both searches are within ``tol`` and some eps is
+known where the bound failed and the attack failed too (``gap``): when the two searches close without either,
+the attack is run where the bound failed (or the bound where the attack failed). ``eps_lo`` is always an eps
+that was verified (NaN if not even eps = 0 was), ``eps_hi`` one that was falsified (inf if none). With
+``grid``, positions are grid indices and the search is VERONA's search over the epsilon list.
 """
 
 from __future__ import annotations
@@ -78,6 +82,24 @@ def parse_grid(text: str) -> list[float]:
     return values
 
 
+def _lower_step(scale: _Scale, v: Tensor, mv: Tensor, v2: Tensor, mv2: Tensor, w: Tensor, mw: Tensor,
+                slow: Tensor) -> Tensor:
+    """Next position of the lower search inside ``(v, w)``: the zero of the margin's chord between ``v`` and
+    ``w`` (or of the line through the last two verified points when ``w``'s margin is unknown), else the
+    midpoint; kept at least ``tol / 2`` (one grid step) away from both ends."""
+    mid = scale.mid(v, w)
+    interp_ok = torch.isfinite(mw) & torch.isfinite(mv) & (mv > 0) & (mw <= 0) & (mv > mw)
+    interp = v + (w - v) * mv / torch.where(interp_ok, mv - mw, torch.ones_like(mv))
+    extrap_ok = ~interp_ok & torch.isfinite(mv2) & torch.isfinite(v2) & (mv2 > mv) & (v > v2)
+    extrap = v + mv * (v - v2) / torch.where(extrap_ok, mv2 - mv, torch.ones_like(mv))
+    est = torch.where(interp_ok, interp, torch.where(extrap_ok, extrap, mid))
+    est = torch.where(slow | ~torch.isfinite(est), mid, est)
+    if scale.grid is not None:
+        return torch.minimum(torch.maximum(torch.round(est), v + 1), w - 1)
+    half = scale.tol / 2
+    return torch.minimum(torch.maximum(est, v + half), w - half)
+
+
 def critical_epsilon(backend: Backend, x: Tensor, label: Tensor, n_classes: int, *, tol: float = 1e-4,
                      grid: Sequence[float] | None = None, eps_max: float = 1.0,
                      domain: tuple[float, float] = (0.0, 1.0),
@@ -90,61 +112,97 @@ def critical_epsilon(backend: Backend, x: Tensor, label: Tensor, n_classes: int,
     f64 = dict(dtype=torch.float64)
     n_calls = torch.zeros(B, dtype=torch.long)
     n_attacks = torch.zeros(B, dtype=torch.long)
+    nan = torch.full((B,), math.nan, **f64)
 
-    def verify(idx: Tensor, eps: Tensor) -> Tensor:
+    def verify(idx: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
         n_calls[idx] += 1
-        spec = robustness_spec(x[idx], label[idx], eps.to(x.dtype), n_classes, domain)
-        return backend.verify(spec).verified
+        spec = robustness_spec(x[idx], label[idx], scale.eps(pos).to(x.dtype), n_classes, domain)
+        result = backend.verify(spec)
+        return result.verified, result.margin_lb.to(torch.float64)
 
-    def falsify(idx: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    def falsify(idx: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
         n_attacks[idx] += 1
-        spec = robustness_spec(x[idx], label[idx], eps.to(x.dtype), n_classes, domain)
+        spec = robustness_spec(x[idx], label[idx], scale.eps(pos).to(x.dtype), n_classes, domain)
         result = backend.falsify(spec, x[idx])
         return result.falsified, result.distance
 
     everyone = torch.arange(B)
-    base_ok = verify(everyone, torch.zeros(B, **f64))
     bottom = -1.0 if scale.grid is not None else 0.0
-    v = torch.full((B,), bottom, **f64)          # verified position (bottom = eps 0)
-    w = torch.full((B,), scale.top, **f64)       # position not verified (top: not yet tried)
+    base_ok, mv = verify(everyone, torch.full((B,), bottom, **f64))
+    v = torch.full((B,), bottom, **f64)          # verified position (bottom = eps 0), margin mv
+    v2, mv2 = nan.clone(), nan.clone()           # the verified position before v
+    w, mw = torch.full((B,), scale.top, **f64), nan.clone()  # position not verified, its margin (nan: unknown)
     a = torch.full((B,), bottom, **f64)          # attack failed here
     f = torch.full((B,), math.inf, **f64)        # falsified position
-    top_checked = torch.zeros(B, dtype=torch.bool)
+    gap = torch.zeros(B, dtype=torch.bool)       # some eps where both the bound and the attack failed
     # The attack at the largest eps brackets from above; the bound there may prove the whole range.
-    fal, dist = falsify(everyone, scale.eps(torch.full((B,), scale.top, **f64)))
-    f = torch.where(fal, scale.from_distance(torch.full((B,), scale.top, **f64), dist), f)
+    top = torch.full((B,), scale.top, **f64)
+    fal, dist = falsify(everyone, top)
+    f = torch.where(fal, scale.from_distance(top, dist), f)
+    a = torch.where(fal, a, top)
     top_ok = torch.zeros(B, dtype=torch.bool)
     cand = (~fal & base_ok).nonzero().squeeze(1)
     if cand.numel():
-        ok = verify(cand, scale.eps(torch.full((cand.numel(),), scale.top, **f64)))
+        ok, m = verify(cand, top[cand])
         top_ok[cand] = ok
-        v[cand[ok]] = scale.top
-    top_checked[:] = True
-    a = torch.where(fal, a, torch.full_like(a, scale.top))
-    w = torch.where(top_ok, w, torch.minimum(w, f))
+        v2[cand[ok]], mv2[cand[ok]] = v[cand[ok]], mv[cand[ok]]
+        v[cand[ok]], mv[cand[ok]] = scale.top, m[ok]
+        mw[cand[~ok]] = m[~ok]
+        gap[cand[~ok]] = True
+    mw = torch.where(f < w, nan, mw)
+    w = torch.minimum(w, f)
+    mvi, mwi = mv.clone(), mw.clone()            # margins for interpolation (Illinois-scaled)
+    last = torch.zeros(B, dtype=torch.int8)      # side the lower search moved last: 1 = v, -1 = w
+    width1 = torch.full((B,), math.inf, **f64)   # lower interval width before the last step, and before that
+    width2 = torch.full((B,), math.inf, **f64)
     rounds = 0
     while True:
-        lower_open = base_ok & ~top_ok & scale.open(v, w)
-        upper_open = torch.isfinite(f) & scale.open(a, f)
-        if not bool(lower_open.any() or upper_open.any()):
-            break
-        rounds += 1
+        active = base_ok & ~top_ok & scale.open(v, f)
+        lower_open = active & scale.open(v, w)
+        upper_open = active & torch.isfinite(f) & scale.open(a, f)
+        cross = active & ~lower_open & ~upper_open & ~gap
+        attack_at_w, bound_at_a = cross & (a < w), cross & (a >= w)
         # Bound calls wait until the cheaper attack has closed a sample's upper interval: the lower search
         # then starts below the smallest falsified eps, where bounds are cheaper and more likely to succeed.
-        idx = (lower_open & ~upper_open).nonzero().squeeze(1)
+        step = lower_open & ~upper_open
+        if not bool((lower_open | upper_open | cross).any()):
+            break
+        rounds += 1
+        idx = (step | bound_at_a).nonzero().squeeze(1)
         if idx.numel():
-            mid = scale.mid(v[idx], w[idx])
-            ok = verify(idx, scale.eps(mid))
-            v[idx] = torch.where(ok, mid, v[idx])
-            w[idx] = torch.where(ok, w[idx], mid)
+            sv, sw = v[idx], w[idx]
+            slow = (sw - sv) > 0.5 * width2[idx]
+            pos = torch.where(step[idx], _lower_step(scale, sv, mvi[idx], v2[idx], mv2[idx], sw, mwi[idx], slow),
+                              a[idx])
+            ok, m = verify(idx, pos)
+            is_step = step[idx]
+            width2[idx] = torch.where(is_step, width1[idx], width2[idx])
+            width1[idx] = torch.where(is_step, sw - sv, width1[idx])
+            up = ok & (pos > sv)
+            down = ~ok & (pos < sw)
+            v2[idx] = torch.where(up, sv, v2[idx])
+            mv2[idx] = torch.where(up, mv[idx], mv2[idx])
+            v[idx] = torch.where(up, pos, sv)
+            mv[idx] = torch.where(up, m, mv[idx])
+            w[idx] = torch.where(down, pos, sw)
+            mw[idx] = torch.where(down, m, mw[idx])
+            # Illinois: the end kept twice in a row counts half in the next interpolation.
+            prev = last[idx]
+            mvi[idx] = torch.where(up, m, torch.where(down & (prev == -1), mvi[idx] / 2, mvi[idx]))
+            mwi[idx] = torch.where(down, m, torch.where(up & (prev == 1), mwi[idx] / 2, mwi[idx]))
+            last[idx] = torch.where(up, torch.ones_like(prev), torch.where(down, -torch.ones_like(prev), prev))
+            gap[idx] = gap[idx] | (bound_at_a[idx] & ~ok)
         a = torch.maximum(a, v)
-        upper_open = torch.isfinite(f) & scale.open(a, f)
-        idx = upper_open.nonzero().squeeze(1)
+        upper_open = active & torch.isfinite(f) & scale.open(a, f)
+        idx = (upper_open | attack_at_w).nonzero().squeeze(1)
         if idx.numel():
-            mid = scale.mid(a[idx], f[idx])
-            fal, dist = falsify(idx, scale.eps(mid))
-            f[idx] = torch.where(fal, scale.from_distance(mid, dist), f[idx])
-            a[idx] = torch.where(fal, a[idx], mid)
+            pos = torch.where(upper_open[idx], scale.mid(a[idx], f[idx]), w[idx])
+            fal, dist = falsify(idx, pos)
+            f[idx] = torch.where(fal, scale.from_distance(pos, dist), f[idx])
+            a[idx] = torch.where(fal, a[idx], torch.maximum(a[idx], pos))
+            gap[idx] = gap[idx] | (attack_at_w[idx] & ~fal)
+        mw = torch.where(f < w, nan, mw)
+        mwi = torch.where(f < w, nan, mwi)
         w = torch.minimum(w, f)
         if on_round is not None:
             on_round(rounds)
