@@ -60,10 +60,25 @@ def main() -> None:
               f"{float((result.margin_lb > 0).float().mean()):9.3f} {peak_rss_gb():12.2f}")
     correct = (model.predict(x) == y).nonzero().squeeze(1)[: args.dist_samples]
     backend = NativeBackend(model, "crown")
+    timing = {"verify": [0, 0.0], "falsify": [0, 0.0]}
+
+    def timed(name, call):
+        def wrapper(*args):
+            begin = time.perf_counter()
+            out = call(*args)
+            timing[name][0] += 1
+            timing[name][1] += time.perf_counter() - begin
+            return out
+        return wrapper
+
+    backend.verify, backend.falsify = timed("verify", backend.verify), timed("falsify", backend.falsify)
     start = time.perf_counter()
     res = critical_epsilon(backend, x[correct], y[correct], 10, tol=1e-4)
     seconds = time.perf_counter() - start
-    print(f"robustness distribution: {correct.numel()} samples to tol 1e-4 with CROWN in {seconds:.1f} s "
+    (n_verify, t_verify), (n_falsify, t_falsify) = timing["verify"], timing["falsify"]
+    print(f"robustness distribution: {correct.numel()} samples to tol 1e-4 with CROWN in {seconds:.1f} s, "
+          f"{seconds / correct.numel():.2f} s per sample; bounds {t_verify:.1f} s in {n_verify} batched calls "
+          f"({t_verify / max(n_verify, 1):.2f} s per call), attacks {t_falsify:.1f} s in {n_falsify} calls; "
           f"({int(res.n_calls.sum())} bound calls in all, {res.n_calls.float().mean():.1f} per sample); "
           f"median eps_lo {res.eps_lo.median():.4f}, median eps_hi {res.eps_hi.median():.4f}; "
           f"peak RSS {peak_rss_gb():.2f} GB")

@@ -33,7 +33,12 @@ class _ModuleBuilder:
         with torch.no_grad():
             probes = [torch.zeros((1, *self.shapes[i]), dtype=self.like.dtype, device=self.like.device)
                       for i in inputs]
-            shape = tuple(op.forward(*probes).shape[1:])
+            try:
+                shape = tuple(op.forward(*probes).shape[1:])
+            except RuntimeError as err:
+                shapes = ", ".join(str(list(self.shapes[i])) for i in inputs)
+                raise RobverifyError(f"module {prefix or type(op).__name__}: cannot take inputs of shape {shapes} "
+                                     f"({str(err).splitlines()[0]})") from None
         self.shapes[name] = shape
         self.nodes.append(Node(name, op, tuple(inputs), shape))
         return name

@@ -517,3 +517,12 @@ def test_pooling_auto_pad_is_read_or_rejected(tmp_path, op_type):
         _loads_and_matches(path)
     except RobverifyError:
         pass  # rejecting it with a clear message is fine too
+
+
+def test_module_with_the_wrong_input_shape_is_a_clear_error():
+    from robverify.errors import RobverifyError
+    from robverify.module_import import from_module
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 3))
+    with pytest.raises(RobverifyError, match=r"module 1: cannot take inputs of shape \[9\]"):
+        from_module(net, (1, 3, 3))
