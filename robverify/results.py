@@ -176,6 +176,30 @@ def _versions() -> dict[str, str | None]:
 # Run directory
 
 
+LOCK = ".lock"
+_HELD: dict[Path, int] = {}  # run directories this process holds: path -> descriptor of the locked file
+
+
+def _lock(path: Path) -> None:
+    """Hold an exclusive lock on ``path`` for the rest of this process: a second process that opens the same
+    run directory gets a clear error instead of interleaving its chunks with ours."""
+    import fcntl
+
+    key = path.resolve()
+    if key in _HELD:
+        return
+    try:
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RobverifyError(f"cannot write to {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RobverifyError(f"{path} is in use by another robverify process; wait for it or choose another --out")
+    _HELD[key] = fd
+
+
 class RunDir:
     """One run directory: ``run.json``, committed chunks, the final tidy table and figures.
 
@@ -232,6 +256,7 @@ class RunDir:
         except OSError as exc:
             raise RobverifyError(f"cannot write to {path}: {exc.strerror or exc}") from None
 
+        _lock(path)
         run_json = path / RUN_JSON
         if run_json.is_file():
             meta = cls._read_meta(run_json)
@@ -257,7 +282,7 @@ class RunDir:
             log.info("resuming run %s in %s (resume #%d)", meta.get("run_id"), path, meta["resumed"])
         else:
             try:
-                foreign = any(not p.name.endswith(".tmp") for p in path.iterdir())
+                foreign = any(not p.name.endswith(".tmp") and p.name != LOCK for p in path.iterdir())
             except OSError as exc:
                 raise RobverifyError(f"cannot write to {path}: {exc.strerror or exc}") from None
             if foreign:

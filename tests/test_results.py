@@ -145,6 +145,34 @@ def test_different_run_is_refused(tmp_path: Path) -> None:
     assert open_run(path).done()["sample_id"].tolist() == [0, 1, 2]
 
 
+def _open_in_subprocess(path: Path) -> str:
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / 'tests')!r})
+        from pathlib import Path
+        from test_results import open_run
+        from robverify.errors import RobverifyError
+        try:
+            open_run(Path({str(path)!r}))
+            print("opened")
+        except RobverifyError as err:
+            print("refused:", err)
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          timeout=120).stdout
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path: Path) -> None:
+    """The lock lives as long as the process that opened the run: another process is refused meanwhile; a run
+    whose process has exited can be resumed."""
+    open_run(tmp_path / "ours")
+    open_run(tmp_path / "ours")  # the same process may reopen it
+    out = _open_in_subprocess(tmp_path / "ours")
+    assert out.startswith("refused:") and "in use by another robverify process" in out, out
+    assert _open_in_subprocess(tmp_path / "theirs").startswith("opened")
+    open_run(tmp_path / "theirs")  # their process has exited: free to resume
+
+
 def test_non_empty_directory_without_run_json_is_refused(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(RobverifyError, match="not empty and holds no run.json"):
