@@ -26,7 +26,8 @@ def pgd_attack(graph: Graph, spec: Spec, *, steps: int = 40, restarts: int = 3, 
     """Minimise the property margin over each sample's box by signed-gradient steps.
 
     The first restart starts at the box centre, the others uniformly at random (seeded). Step size per input
-    element: ``alpha * radius / steps``. Samples stop moving once their margin is negative.
+    element: ``alpha * radius / steps``. Samples stop moving once their margin is negative; a restart ends
+    when all of its samples have.
     """
     spec = spec.to(graph.device, graph.dtype)
     lo, hi = spec.x_lo, spec.x_hi
@@ -56,7 +57,10 @@ def pgd_attack(graph: Graph, spec: Spec, *, steps: int = 40, restarts: int = 3, 
                 better = margin.detach() < best_m[idx]
                 best_m[idx] = torch.where(better, margin.detach(), best_m[idx])
                 best_x[idx] = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x.detach(), best_x[idx])
-                moving = (margin.detach() >= 0).view(-1, *([1] * (x.dim() - 1)))
+                still = margin.detach() >= 0
+                if not bool(still.any()):
+                    break
+                moving = still.view(-1, *([1] * (x.dim() - 1)))
                 x = torch.where(moving, x - s_step * grad.sign(), x)
                 x = torch.minimum(torch.maximum(x, s_lo), s_hi)
         with torch.no_grad():
