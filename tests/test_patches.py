@@ -25,6 +25,7 @@ CHAINS = [
     (1, 13, (4, 5, 2, 2), (3, 3, 1, 1), nn.Sigmoid, False),
     (3, 9, (2, 2, 1, 0), (4, 3, 3, 2), nn.Tanh, True),
     (1, 10, (3, 4, 3, 0), (2, 2, 1, 1), nn.ReLU, False),
+    (1, 12, (2, 3, 2, 0), (3, 1, 1, 0), nn.ReLU, False),  # conv1 leaves the last input row unread
 ]
 
 
