@@ -1,8 +1,9 @@
 """The model card: the JSON beside every ``.onnx`` / ``.pt`` that says what the model is and where it came from.
 
 Pure data (no torch): architecture (``trainers.zoo.arch_config``), source and target task, transfer strategy,
-training method and hyper-parameters, seed, clean / PGD / certified accuracy, training time, the parent model's
-hash, task-similarity scores, trainable parameters per block, and the ONNX export facts (hash, opset, parity).
+training method and hyper-parameters, seed, clean / PGD / certified accuracy at ``eps`` (how they were measured in
+``evaluation``), training time, the parent model's hash, task-similarity scores, trainable parameters per block,
+and the ONNX export facts (hash, opset, parity).
 ``model.onnx`` has its card at ``model.json`` (:func:`card_path_for`). Numbers are stored as JSON numbers.
 """
 
@@ -41,6 +42,10 @@ class ModelCard:
     clean_acc: float | None = None
     pgd_acc: float | None = None
     certified_acc: float | None = None
+    #: the L-inf radius (pixel space) at which ``pgd_acc`` and ``certified_acc`` were measured
+    eps: float | None = None
+    #: how the accuracies were measured: test samples, attack steps, bound method
+    evaluation: dict[str, Any] = field(default_factory=dict)
     train_time_s: float | None = None
     parent_hash: str | None = None
     similarity: dict[str, float] = field(default_factory=dict)
@@ -126,10 +131,10 @@ def card_path_for(model_path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------------------------- checks
 
 _NUMBER = (int, float)
-_OPT_FLOAT = ("clean_acc", "pgd_acc", "certified_acc", "train_time_s", "parity_max_abs_diff")
+_OPT_FLOAT = ("clean_acc", "pgd_acc", "certified_acc", "eps", "train_time_s", "parity_max_abs_diff")
 _OPT_STR = ("source_task", "strategy", "parent_hash", "onnx_sha256")
 _STR = ("task", "robverify_version", "created")
-_DICT = ("architecture", "training", "similarity", "trainable")
+_DICT = ("architecture", "training", "evaluation", "similarity", "trainable")
 
 
 def _is_number(value: Any) -> bool:

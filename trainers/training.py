@@ -1,4 +1,7 @@
-"""Training loops. For now: seeded standard (clean) training with Adam and cross-entropy, and accuracy.
+"""Seeded standard (clean) training with Adam and cross-entropy, and accuracy: the small in-memory helpers.
+
+Source training and transfer go through :func:`trainers.loop.fit` (every method, checkpoints, resumption);
+:func:`train_standard` stays for quick fixtures and callers that need no checkpoint.
 
 Deterministic on CPU: the same seed, data and model initialisation give bit-identical weights
 (``torch.manual_seed`` for the step-level RNG, a private ``torch.Generator`` for the shuffling order).
