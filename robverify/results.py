@@ -49,6 +49,7 @@ __all__ = [
     "VERONA_COLUMNS",
     "RunDir",
     "load_results",
+    "import_verona_run",
     "read_verona_result_df",
     "validate_table",
     "write_verona_result_df",
@@ -518,6 +519,10 @@ VERONA_COLUMNS: list[str] = [
 ]
 
 
+#: the part of VERONA's verifier name that marks its attack module (answers are upper estimates)
+_VERONA_ATTACK = "AttackEstimationModule"
+
+
 def write_verona_result_df(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Write a sweep table as a VERONA-compatible ``result_df.csv`` (atomically); returns what was written.
 
@@ -564,7 +569,7 @@ def read_verona_result_df(path: Path) -> pd.DataFrame:
     Caution, VERONA's semantics: ``epsilon_value`` is the largest epsilon of the grid *not found SAT*. It is a
     certificate only when VERONA ran a sound, complete verifier; for VERONA's own runs with an attack
     (``AttackEstimationModule``), a failed attack counts as UNSAT and ``epsilon_value`` is an upper estimate, NOT
-    a certificate. Where VERONA found nothing SAT it writes the grid's largest epsilon as ``smallest_sat_value``
+    a certificate: rows whose verifier names that module get ``eps_lo`` = 0 and status ``"upper-bound"``. Where VERONA found nothing SAT it writes the grid's largest epsilon as ``smallest_sat_value``
     (also after a TIMEOUT); a ``smallest_sat_value`` that is not above ``epsilon_value`` is therefore read as
     ``inf`` (nothing falsified). One ambiguity cannot be undone: a grid maximum written after timeouts looks like a
     SAT at the grid maximum.
@@ -586,6 +591,9 @@ def read_verona_result_df(path: Path) -> pd.DataFrame:
     eps_lo = raw["epsilon_value"].astype(float)
     eps_hi = raw["smallest_sat_value"].astype(float)
     eps_hi = eps_hi.where(eps_hi > eps_lo, math.inf)
+    # VERONA's attack module answers UNSAT whenever its attack fails: nothing is certified beyond the clean sample.
+    attack = raw["verifier"].astype(str).str.contains(_VERONA_ATTACK, regex=False)
+    eps_lo = eps_lo.where(~attack, 0.0)
     n = len(raw)
     return pd.DataFrame(
         {
@@ -600,8 +608,44 @@ def read_verona_result_df(path: Path) -> pd.DataFrame:
             "time_s": raw["total_time"].astype(float),
             "eps_lo": eps_lo,
             "eps_hi": eps_hi,
-            "status": "grid",
+            "status": np.where(attack, "upper-bound", "grid"),
             "n_calls": np.full(n, np.nan),
         },
         columns=SWEEP_COLUMNS,
     )
+
+
+def import_verona_run(result_df: Path, out: Path, *, model: str | None = None, task: str | None = None
+                      ) -> pd.DataFrame:
+    """Turn a VERONA ``result_df.csv`` into the run directory ``out``, recorded as a ``sweep-epsilon`` run with
+    ``backend`` ``verona`` and ``imported_from`` the file, so that ``compare`` reads it like any sweep.
+
+    The tidy table is :func:`read_verona_result_df`'s, with ``run_id`` set, ``model`` / ``task`` when given, and
+    VERONA's own numbers kept beside it (``verona_epsilon_value``, ``verona_smallest_sat_value`` and, for one2one
+    properties, ``target_class``). Importing the same file into the same directory again is a no-op resume.
+    """
+    result_df = Path(result_df)
+    table = read_verona_result_df(result_df)
+    raw = pd.read_csv(result_df)
+    table["verona_epsilon_value"] = raw["epsilon_value"].astype(float).to_numpy()
+    table["verona_smallest_sat_value"] = raw["smallest_sat_value"].astype(float).to_numpy()
+    key = ["model", "method", "sample_id"]
+    if "target_class" in raw.columns:
+        table["target_class"] = raw["target_class"].to_numpy()
+        key.append("target_class")
+    if model is not None:
+        table["model"] = model
+    if task is not None:
+        table["task"] = task
+    import hashlib
+
+    digest = hashlib.sha256(result_df.read_bytes()).hexdigest()
+    names = table["model"].unique().tolist()
+    arguments = {"imported_from": str(result_df), "model": model or (names[0] if len(names) == 1 else None),
+                 "task": task, "backend": "verona"}
+    run = RunDir.open(Path(out), "sweep-epsilon", arguments, {"result_df_sha256": digest, **arguments}, key)
+    run.update(imported_from=str(result_df.resolve()), result_df_sha256=digest)
+    table["run_id"] = run.run_id
+    if not run.done_keys():
+        run.commit(table)
+    return run.finalize()
