@@ -173,6 +173,8 @@ def sweep_epsilon(
     if not (math.isfinite(eps_max) and eps_max > 0):
         raise RobverifyError(f"--eps-max must be a finite number > 0, got {eps_max}")
     grid_values = parse_grid(grid) if grid else None
+    if backend == "verona" and grid_values is None:
+        raise RobverifyError("--backend verona needs --grid (VERONA searches an epsilon list)")
     method = Method.parse(method).value
     options = _backend_options(verifier, verifier_cmd, timeout)
     loaded, samples, run, out = _prepare_run(
@@ -182,8 +184,13 @@ def sweep_epsilon(
     with _progress() as bar:
         job = bar.add_task(f"sweep {loaded.name} ({method})", total=n)
         bar.update(job, completed=len(run.done_keys()))
-        table = run_sweep(run, engine, samples, tol=tol, grid=grid_values, eps_max=eps_max,
-                          progress=lambda k: bar.advance(job, k))
+        if backend == "verona":
+            from robverify.verona_job import run_verona_sweep
+
+            table = run_verona_sweep(run, engine, samples, grid_values or [], progress=lambda k: bar.advance(job, k))
+        else:
+            table = run_sweep(run, engine, samples, tol=tol, grid=grid_values, eps_max=eps_max,
+                              progress=lambda k: bar.advance(job, k))
     write_verona_result_df(table, out / "result_df.csv")
     correct = table[table["status"] != "misclassified"]
     console.print(f"{len(table)} samples, {len(correct)} correctly classified; "
@@ -196,94 +203,203 @@ def sweep_epsilon(
 def train(
     task: Annotated[str, typer.Option("--task", help="Training task, e.g. mnist5k[0-4].")],
     arch: Annotated[str, typer.Option("--arch", help="mlp, cnn-small, cnn-bn or resnet-tiny.")] = "cnn-small",
-    method: Annotated[str, typer.Option("--method", help="Training method.")] = "standard",
-    eps: Annotated[float, typer.Option("--eps", help="Training eps (robust methods).")] = 0.0,
+    method: Annotated[str, typer.Option("--method", help="standard, pgd, trades, ibp or crown-ibp.")] = "standard",
+    eps: Annotated[float, typer.Option("--eps", help="Training eps, L-inf in pixel space [0, 1] (robust methods).")] = 0.0,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 3,
     out: Annotated[Path, typer.Option("--out", help="Output folder for model.onnx, model.pt, model.json.")] = Path("runs/model"),
-    seed: SeedOpt = 0, data_root: DataRootOpt = None,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    train_batch: Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size.")] = 128,
+    trades_beta: Annotated[float, typer.Option("--trades-beta", help="TRADES robust-loss weight.")] = 6.0,
+    seed: SeedOpt = 0, data_root: DataRootOpt = None, device: DeviceOpt = "cpu",
 ) -> None:
-    """Train a source model and export it (ONNX with parity check, state dict, model card)."""
-    path = train_and_export(task, arch, method, eps, epochs, out, seed, data_root)
+    """Train a source model and export it (ONNX with parity check, state dict, model card); resumes if interrupted."""
+    from robverify.model_card import ModelCard, card_path_for
+
+    path = train_and_export(task, arch, method, eps, epochs, out, seed, data_root, device=device, lr=lr,
+                            batch_size=train_batch, trades_beta=trades_beta)
+
+    card = ModelCard.from_json(card_path_for(path))
+    console.print(f"{card.strategy or card.training.get('method')} on {card.task}: clean {card.clean_acc:.3f}, "
+                  f"PGD {card.pgd_acc:.3f}, certified {card.certified_acc:.3f} at eps {card.eps:g}; "
+                  f"training {card.train_time_s:.1f} s")
     console.print(f"model: {path}")
 
 
 def train_and_export(task: str, arch: str, method: str, eps: float, epochs: int, out: Path, seed: int,
-                     data_root: Path | None) -> Path:
-    """Standard training of a zoo model on ``task``; writes ``out/model.onnx`` (+ .pt, .json)."""
-    from properties.onnx_export import export_onnx
-    from robverify import __version__
-    from robverify.model_card import ModelCard
-    from trainers.tasks import load_task
-    from trainers.training import accuracy, train_standard
-    from trainers.zoo import arch_config, build_model
+                     data_root: Path | None, device: str = "cpu", **hyper) -> Path:
+    """Train a zoo model on ``task`` with ``method``; writes ``out/model.onnx`` (+ .pt, .json). See
+    :func:`trainers.pipeline.train_source`."""
+    from trainers.pipeline import train_source
 
-    if method != "standard":
-        _not_built(f"training method {method!r} (only 'standard' so far)")
-    if not 0 <= eps <= 1:
-        raise RobverifyError(f"--eps must be in [0, 1], got {eps}")
-    data = load_task(task, data_root=data_root, seed=seed)
-    mean = data.x_train.mean(dim=(0, 2, 3)).tolist()
-    std = data.x_train.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()
-    model = build_model(arch, data.input_shape, data.n_classes, mean=mean, std=std, seed=seed)
-    stats = train_standard(model, data.x_train, data.y_train, epochs=epochs, seed=seed, progress=True)
-    card = ModelCard(architecture=arch_config(model), task=str(data.task), source_task=None, strategy=None,
-                     training={"method": method, "eps": eps, "epochs": epochs, "lr": 1e-3}, seed=seed,
-                     clean_acc=accuracy(model, data.x_test, data.y_test), pgd_acc=None, certified_acc=None,
-                     train_time_s=stats["train_time_s"], parent_hash=None, similarity={},
-                     trainable=model.trainable_counts(), onnx_sha256=None, opset=None, parity_max_abs_diff=None,
-                     robverify_version=__version__)
-    report = export_onnx(model, out / "model.onnx", data.input_shape, card=card, seed=seed)
-    console.print(f"trained {arch} on {data.task}: clean accuracy {card.clean_acc:.3f}, "
-                  f"{stats['train_time_s']:.1f} s; ONNX parity max |diff| {report.max_abs_diff:.2e}")
-    return report.path
+    return train_source(task, arch, method, eps, epochs, out, seed=seed, data_root=data_root, device=device,
+                        progress=True, **hyper)
 
 
 @app.command()
-def transfer(source: Annotated[Path, typer.Argument()]) -> None:
-    """Transfer a source model to a target task (not built yet)."""
-    _not_built("robverify transfer")
+def transfer(
+    source: Annotated[Path, typer.Argument(help="Folder of the source model (robverify train --out).")],
+    task: Annotated[str, typer.Option("--task", help="Target task, e.g. mnist5k[5-9].")],
+    strategy: Annotated[str, typer.Option("--strategy", help="linear-probe, linear-probe-adv, full-ft, adv-ft, "
+                                          "partial-ft, partial-ft-adv, rift, lora, bn-adapt, certified-ft, "
+                                          "scratch or scratch-adv.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for model.onnx, model.pt, model.json.")],
+    blocks: Annotated[Optional[int], typer.Option("--blocks", help="K: the last K blocks train (partial-ft).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
+    eps: Annotated[Optional[float], typer.Option("--eps", help="Training/evaluation eps; default: the source's.")] = None,
+    adv: Annotated[str, typer.Option("--adv", help="Adversarial objective: pgd or trades.")] = "pgd",
+    certified: Annotated[str, typer.Option("--certified", help="certified-ft bound: ibp or crown-ibp.")] = "crown-ibp",
+    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank.")] = 4,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    train_batch: Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size.")] = 128,
+    seed: SeedOpt = 0, data_root: DataRootOpt = None, device: DeviceOpt = "cpu",
+) -> None:
+    """Transfer a source model to a target task with a strategy and export it with its model card."""
+    from robverify.model_card import ModelCard, card_path_for
+    from trainers.pipeline import transfer_model
+
+    path = transfer_model(source, task, strategy, out, blocks=blocks, epochs=epochs, seed=seed, data_root=data_root,
+                          device=device, eps=eps, progress=True, adv=adv, certified=certified, rank=rank, lr=lr,
+                          batch_size=train_batch)
+
+    card = ModelCard.from_json(card_path_for(path))
+    console.print(f"{card.strategy or card.training.get('method')} on {card.task}: clean {card.clean_acc:.3f}, "
+                  f"PGD {card.pgd_acc:.3f}, certified {card.certified_acc:.3f} at eps {card.eps:g}; "
+                  f"training {card.train_time_s:.1f} s")
+    console.print(f"model: {path}")
 
 
 @app.command("export-vnnlib")
-def export_vnnlib(model: Annotated[Path, typer.Argument()]) -> None:
-    """Write a VNN-COMP benchmark (onnx/, vnnlib/, instances.csv) (not built yet)."""
-    _not_built("robverify export-vnnlib")
+def export_vnnlib(
+    model: Annotated[Path, typer.Argument(help="ONNX model.")],
+    eps: Annotated[list[float], typer.Option("--eps", help="L-inf radius in pixel scale; repeat for several.")],
+    out: Annotated[Path, typer.Option("--out", help="Benchmark folder (onnx/, vnnlib/, instances.csv, README.md).")],
+    task: TaskOpt = None, n: NOpt = 10,
+    targeted: Annotated[bool, typer.Option("--targeted", help="One one2one property per other class.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per instance, written to instances.csv.")] = 60.0,
+    seed: SeedOpt = 0, data_root: DataRootOpt = None,
+) -> None:
+    """Write a VNN-COMP benchmark (onnx/, vnnlib/, instances.csv) of the first N correctly classified samples."""
+    from properties.benchmark import export_benchmark
+    from robverify.model import load_model
+    from trainers.tasks import load_task
+
+    _check_eps(eps)
+    loaded = load_model(model)
+    task = _task_for(model, task)
+    total = len(load_task(task, data_root=data_root, seed=seed).y_test)
+    pool = min(total, max(4 * n, n + 50))  # candidates: enough to find n correctly classified ones
+    samples, _, _ = _samples(loaded, task, pool, seed, data_root)
+    instances = export_benchmark(loaded, samples.x, samples.label, samples.sample_id, eps, out, n=n,
+                                 n_classes=samples.n_classes, targeted=targeted, timeout=timeout,
+                                 task=samples.task, seed=seed)
+    n_samples = len({r.sample_id for r in instances})
+    if n_samples < n:
+        err_console.print(f"warning: only {n_samples} of the {pool} samples looked at are correctly classified "
+                          f"(asked for {n})", highlight=False)
+    console.print(f"{len(instances)} instances of {n_samples} samples: {out / 'instances.csv'}")
 
 
 @app.command()
-def verify(model: Annotated[Path, typer.Argument()], prop: Annotated[Path, typer.Argument()]) -> None:
-    """Answer one VNN-LIB property like a VNN-COMP tool (not built yet)."""
-    _not_built("robverify verify")
+def verify(
+    model: Annotated[Path, typer.Argument(help="ONNX model.")],
+    prop: Annotated[Path, typer.Argument(help="VNN-LIB property (.vnnlib or .vnnlib.gz).")],
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds for the whole answer, loading included.")] = 60.0,
+    method: Annotated[str, typer.Option("--method", help="Most expensive bound tried: ibp, crown-ibp, crown or "
+                                        "alpha-crown.")] = "alpha-crown",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Result file (VNN-COMP format).")] = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Answer one VNN-LIB property like a VNN-COMP tool: unsat, sat (with a counterexample), unknown or timeout.
+
+    The first line of standard output (and of --out) is the answer word; bad input answers `error` and exits 2."""
+    import time
+
+    start = time.perf_counter()
+    from robverify.spec import Method
+    from robverify.vnncomp import Result, format_result
+
+    def emit(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+
+    try:
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise RobverifyError(f"--timeout must be a finite number > 0, got {timeout}")
+        chosen = Method.parse(method)
+        from properties.answer import answer_instance
+        from robverify.model import load_model
+
+        loaded = load_model(model)
+        answer = answer_instance(loaded, prop, timeout=timeout, method=chosen, seed=seed, start=start)
+    except RobverifyError as err:
+        emit(f"{Result.ERROR.value}\n{err}\n")
+        raise
+    emit(format_result(answer.result, answer.x, answer.y))
+    err_console.print(f"{answer.result.value} after {answer.seconds:.2f} s"
+                      + (f" ({answer.stage})" if answer.stage else "") + (f": {answer.reason}" if answer.reason else ""),
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
-def compare(runs: Annotated[list[Path], typer.Argument()]) -> None:
-    """The strategies report over run directories (not built yet)."""
-    _not_built("robverify compare")
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="sweep-epsilon run directories (one per strategy and task).")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder: report.html, report.md, summary.csv, "
+                                      "figures/.")] = Path("report"),
+    eps: Annotated[Optional[list[float]], typer.Option(
+        "--eps", help="Accuracy grid; repeat (default: 0, eps_ref/2, eps_ref, 2 eps_ref).")] = None,
+    eps_ref: Annotated[Optional[float], typer.Option(
+        "--eps-ref", help="Eps of the headline accuracies (default: the model cards' training eps).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+) -> None:
+    """The strategies report: statistics, figures and conclusions over sweep run directories."""
+    from robverify.analysis.report import compare_runs
+
+    report = compare_runs(runs, out, eps=eps, eps_ref=eps_ref, seed=seed)
+    console.print(report.headline.to_string(index=False))
+    console.print(f"report: {report.html.resolve()}")
 
 
 @app.command()
-def run(study: Annotated[Path, typer.Argument()]) -> None:
-    """Run a whole study from a TOML file (not built yet)."""
-    _not_built("robverify run")
+def run(
+    study: Annotated[Path, typer.Argument(help="Study file (TOML), e.g. examples/demo_study.toml.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Study folder; default: the study's [study] out, "
+                                                "relative to the study file.")] = None,
+) -> None:
+    """Run a whole study: source training, transfers, sweeps and the strategies report; finished steps are skipped."""
+    from robverify.study import load_study, run_study
+
+    for line in run_study(load_study(study), out, console=err_console).outcome():
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder of the demo's outputs.")] = Path("demo-out"),
-    n: NOpt = 30,
 ) -> None:
-    """The embedded default: train cnn-small on mnist5k[0-4], certify it and sweep its robustness distribution."""
-    model = out / "source" / "model.onnx"
-    if not model.is_file():
-        train_and_export("mnist5k[0-4]", "cnn-small", "standard", 0.0, 3, out / "source", 0, None)
-    certify(model, [1 / 255, 2 / 255, 4 / 255], task=None, n=n, method="crown", backend="native",
-            out=out / "certify", seed=0, device="cpu", data_root=None, batch_size=256, verifier=None,
-            verifier_cmd=None, timeout=None)
-    sweep_epsilon(model, task=None, n=n, method="crown", backend="native", tol=1e-3, grid=None, eps_max=0.3,
-                  out=out / "sweep", seed=0, device="cpu", data_root=None, batch_size=256, verifier=None,
-                  verifier_cmd=None, timeout=None)
-    console.print(f"demo outputs: {out.resolve()}")
+    """The embedded default study (examples/demo_study.toml): a robust source on mnist5k[0-4] transferred to four
+    targets with four strategies, every model swept, then the strategies report."""
+    from robverify.study import DEMO_STUDY, parse_study, run_study
+
+    study = parse_study(DEMO_STUDY, Path("<embedded demo study>"))
+    for line in run_study(study, out, console=err_console).outcome():
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command("import-verona")
+def import_verona(
+    result_df: Annotated[Path, typer.Argument(help="A VERONA result_df.csv.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to create (tidy results.parquet).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name; default: VERONA's network.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Task the samples come from.")] = None,
+) -> None:
+    """Turn a VERONA result_df.csv into a robverify run directory that `compare` reads."""
+    from robverify.results import import_verona_run
+
+    table = import_verona_run(result_df, out, model=model, task=task)
+    console.print(f"{len(table)} samples from {result_df}; results: {out / 'results.parquet'}")
 
 
 def main() -> None:

@@ -1,0 +1,517 @@
+"""The strategies report of ``robverify compare``: ``summary.csv``, ``report.md``, a self-contained ``report.html``
+and ``figures/`` (PNG + SVG).
+
+The text of the report is written from the summary alone (:func:`report_blocks` reads nothing else), so every
+number it quotes can be recomputed from ``summary.csv``: ``render_markdown(report_blocks(read_summary(csv)))``
+gives back ``report.md``. The HTML shows the same blocks with the PNG figures embedded as base64 (no network).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from robverify.analysis.plots import plot_certified_accuracy, plot_ecdf
+from robverify.analysis.distribution import certified_accuracy_curve
+from robverify.analysis.runs import load_study_runs, runs_frame, study_table
+from robverify.analysis.strategy_plots import (
+    plot_pareto,
+    plot_radius_by_strategy,
+    plot_radius_vs_similarity,
+    plot_training_cost,
+)
+from robverify.analysis.summary import ALL_STRATEGIES, SUMMARY_COLUMNS, build_summary, entry_points, reference_eps, value
+from robverify.errors import RobverifyError
+from robverify.results import _atomic_write_text
+
+__all__ = ["Block", "Report", "compare_runs", "conclusions", "draw_figures", "figure_names", "fmt", "headline_table",
+           "read_summary", "render_html", "render_markdown", "report_blocks", "task_slug"]
+
+SUMMARY_CSV, REPORT_MD, REPORT_HTML, FIGURES = "summary.csv", "report.md", "report.html", "figures"
+#: strategy used as the reference in the conclusions when present (plain fine-tuning)
+BASELINE = "full-ft"
+ALPHA = 0.05
+#: the similarity measure the conclusions quote, in order of preference (all measures are in the tables)
+PRIMARY_SIMILARITY = ("logme", "leep", "hscore", "gbc", "ot_distance", "cka", "label_overlap")
+
+
+def fmt(v: float | None) -> str:
+    """How the report writes a number: 3 significant digits, ``inf``, ``n/a`` for a missing one."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    v = float(v)
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.3g}"
+
+
+def _ci(row: pd.Series | None) -> str:
+    if row is None:
+        return "n/a"
+    if math.isnan(row["ci_low"]) and math.isnan(row["ci_high"]):
+        return fmt(row["value"])
+    return f"{fmt(row['value'])} [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
+
+
+def _v(row: pd.Series | None) -> float:
+    return math.nan if row is None else float(row["value"])
+
+
+def _count(row: pd.Series | None) -> str:
+    return "n/a" if row is None or math.isnan(row["value"]) else str(int(row["value"]))
+
+
+def task_slug(task: str) -> str:
+    """A file-name-safe form of a task: ``mnist5k[5-9]+rot90`` -> ``mnist5k-5-9-rot90``."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", task).strip("-")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# content
+
+
+@dataclass(frozen=True)
+class Block:
+    """One piece of the report: ``kind`` is h1, h2, p, list, table or figure."""
+
+    kind: str
+    text: str = ""
+    items: tuple[str, ...] = ()
+    table: pd.DataFrame | None = field(default=None, compare=False)
+    figure: str = ""
+
+
+def read_summary(path: Path) -> pd.DataFrame:
+    """``summary.csv`` as written by :func:`compare_runs` (text columns as str, missing ones as None)."""
+    summary = pd.read_csv(path, dtype={"section": str, "strategy": str, "task": str, "versus": str, "measure": str})
+    for column in ("strategy", "task", "versus"):
+        summary[column] = summary[column].astype(object).where(summary[column].notna(), None)
+    return summary[SUMMARY_COLUMNS]
+
+
+def _eps_ref(summary: pd.DataFrame) -> float:
+    return _v(value(summary, "settings", "eps_ref"))
+
+
+def _tasks(summary: pd.DataFrame) -> list[str]:
+    return sorted(summary.loc[summary["section"] == "entry", "task"].dropna().unique())
+
+
+def _ranked(summary: pd.DataFrame, task: str) -> list[str]:
+    """Strategies on ``task`` from the largest median certified radius (eps_lo_q50) down."""
+    rows = summary[(summary["section"] == "radius") & (summary["measure"] == "eps_lo_q50") & (summary["task"] == task)]
+    rows = rows.assign(key=rows["value"].fillna(-1.0)).sort_values(["key", "strategy"], ascending=[False, True])
+    return rows["strategy"].tolist()
+
+
+def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per task and strategy (best median certified radius first): clean, certified and PGD accuracy at eps_ref,
+    median eps_lo with its interval, training time; as text."""
+    eps = _eps_ref(summary)
+    rows = []
+    for task in _tasks(summary):
+        for strategy in _ranked(summary, task):
+            keys = dict(strategy=strategy, task=task)
+            rows.append({
+                "task": task, "strategy": strategy,
+                "clean acc": fmt(_v(value(summary, "entry", "clean_acc", **keys))),
+                f"certified acc @ {fmt(eps)}": fmt(_v(value(summary, "accuracy", "certified_acc", eps=eps, **keys))),
+                f"PGD acc @ {fmt(eps)}": fmt(_v(value(summary, "accuracy", "pgd_acc", eps=eps, **keys))),
+                "median eps_lo [95% CI]": _ci(value(summary, "radius", "eps_lo_q50", **keys)),
+                "train time (s)": fmt(_v(value(summary, "entry", "train_time_s", **keys))),
+            })
+    return pd.DataFrame(rows)
+
+
+def _pair_sentence(summary: pd.DataFrame, task: str, a: str, b: str) -> str | None:
+    keys = dict(strategy=a, task=task, versus=b)
+    ratio = value(summary, "pairwise", "ratio", **keys)
+    if ratio is None:
+        return None
+    n = str(int(ratio["n"]))
+    med_a, med_b = _v(value(summary, "pairwise", "median_a", **keys)), _v(value(summary, "pairwise", "median_b", **keys))
+    test = (f"Wilcoxon signed-rank p = {fmt(_v(value(summary, 'pairwise', 'p_holm', **keys)))} (Holm-adjusted), "
+            f"rank-biserial r = {fmt(_v(value(summary, 'pairwise', 'effect', **keys)))}")
+    if not math.isnan(ratio["value"]):
+        return (f"On {task}, {a} keeps {fmt(ratio['value'])}x the median certified radius of {b} "
+                f"({fmt(med_a)} vs {fmt(med_b)} on {n} shared samples; 95% CI of the ratio "
+                f"[{fmt(ratio['ci_low'])}, {fmt(ratio['ci_high'])}]; {test}).")
+    diff = value(summary, "pairwise", "median_diff", **keys)
+    return (f"On {task}, {a} has a median certified radius of {fmt(med_a)} and {b} of {fmt(med_b)} on {n} shared "
+            f"samples (difference {_ci(diff)}; {test}).")
+
+
+def _accuracy_sentence(summary: pd.DataFrame, task: str) -> str | None:
+    eps = _eps_ref(summary)
+    strategies = _ranked(summary, task)
+    cert = {s: _v(value(summary, "accuracy", "certified_acc", strategy=s, task=task, eps=eps)) for s in strategies}
+    clean = {s: _v(value(summary, "entry", "clean_acc", strategy=s, task=task)) for s in strategies}
+    if len(strategies) < 2 or all(math.isnan(v) for v in cert.values()):
+        return None
+    best_cert = max(strategies, key=lambda s: (np.nan_to_num(cert[s], nan=-1), clean[s]))
+    best_clean = max(strategies, key=lambda s: (np.nan_to_num(clean[s], nan=-1), cert[s]))
+    return (f"On {task}, the highest certified accuracy at eps {fmt(eps)} is {best_cert}'s {fmt(cert[best_cert])} "
+            f"(clean {fmt(clean[best_cert])}); the highest clean accuracy is {best_clean}'s {fmt(clean[best_clean])} "
+            f"(certified {fmt(cert[best_clean])}).")
+
+
+def _correlation_sentences(summary: pd.DataFrame) -> list[str]:
+    """One sentence per strategy (pooled first) for the primary similarity measure, chosen before looking at the
+    correlations (:data:`PRIMARY_SIMILARITY` where present) so that no measure is picked for its result."""
+    rows = summary[(summary["section"] == "correlation") & (summary["measure"] == "spearman_rho")]
+    measures = sorted(rows["versus"].dropna().unique())
+    if not measures:
+        return []
+    primary = next((m for m in PRIMARY_SIMILARITY if m in measures), measures[0])
+    out = []
+    for strategy in sorted(rows["strategy"].unique(), key=lambda s: (s != ALL_STRATEGIES, s)):
+        rho = value(summary, "correlation", "spearman_rho", strategy=strategy, versus=primary)
+        if rho is None or math.isnan(rho["value"]):
+            continue
+        p = value(summary, "correlation", "spearman_p", strategy=strategy, versus=primary)
+        who = "all strategies pooled" if strategy == ALL_STRATEGIES else strategy
+        interval = ("too few targets for an interval" if math.isnan(rho["ci_low"])
+                    else f"95% CI [{fmt(rho['ci_low'])}, {fmt(rho['ci_high'])}]")
+        out.append(f"Median certified radius vs {primary} ({who}, {int(rho['n'])} targets): Spearman rho = "
+                   f"{fmt(rho['value'])} ({interval}, p = {fmt(_v(p))}).")
+    return out
+
+
+def _lognormal_sentence(summary: pd.DataFrame) -> str | None:
+    p = summary[(summary["section"] == "lognormal") & (summary["measure"] == "shapiro_p")].dropna(subset=["value"])
+    if p.empty:
+        return None
+    k = int((p["value"] >= ALPHA).sum())
+    return (f"{k} of {len(p)} certified-radius distributions are consistent with a log-normal "
+            f"(Shapiro-Wilk on log eps_lo, p >= {fmt(ALPHA)}).")
+
+
+def _gap_sentence(summary: pd.DataFrame) -> str | None:
+    gaps = summary[(summary["section"] == "radius") & (summary["measure"] == "gap_q50")].dropna(subset=["value"])
+    if gaps.empty:
+        return None
+    lo, hi = gaps.loc[gaps["value"].idxmin()], gaps.loc[gaps["value"].idxmax()]
+    return (f"The median verification gap (eps_hi - eps_lo of falsified samples) ranges from {fmt(lo['value'])} "
+            f"({lo['strategy']} on {lo['task']}) to {fmt(hi['value'])} ({hi['strategy']} on {hi['task']}).")
+
+
+def conclusions(summary: pd.DataFrame) -> list[str]:
+    """The readable conclusions, each with its numbers and interval, all read from the summary."""
+    out: list[str] = []
+    for task in _tasks(summary):
+        ranked = _ranked(summary, task)
+        if len(ranked) >= 2:
+            best = ranked[0]
+            baseline = BASELINE if BASELINE in ranked and BASELINE != best else ranked[1]
+            sentence = _pair_sentence(summary, task, best, baseline)
+            if sentence:
+                out.append(sentence)
+        sentence = _accuracy_sentence(summary, task)
+        if sentence:
+            out.append(sentence)
+    out += _correlation_sentences(summary)
+    for sentence in (_lognormal_sentence(summary), _gap_sentence(summary)):
+        if sentence:
+            out.append(sentence)
+    return out
+
+
+def _radius_table(summary: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for task in _tasks(summary):
+        for strategy in _ranked(summary, task):
+            keys = dict(strategy=strategy, task=task)
+            row = {"task": task, "strategy": strategy,
+                   "n correct": _count(value(summary, "entry", "n_correct", **keys))}
+            for name in ("eps_lo", "eps_hi"):
+                for q in ("q25", "q50", "q75"):
+                    row[f"{name} {q}"] = _ci(value(summary, "radius", f"{name}_{q}", **keys))
+            row["median gap"] = _ci(value(summary, "radius", "gap_q50", **keys))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
+    acc = summary[summary["section"] == "accuracy"]
+    grid = sorted(acc["eps"].dropna().unique())
+    rows = []
+    for task in _tasks(summary):
+        for strategy in _ranked(summary, task):
+            row = {"task": task, "strategy": strategy}
+            for eps in grid:
+                cert = _v(value(summary, "accuracy", "certified_acc", strategy=strategy, task=task, eps=eps))
+                pgd = _v(value(summary, "accuracy", "pgd_acc", strategy=strategy, task=task, eps=eps))
+                row[f"eps {fmt(eps)}"] = f"{fmt(cert)} / {fmt(pgd)}"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pairwise_table(summary: pd.DataFrame) -> pd.DataFrame:
+    pairs = summary[(summary["section"] == "pairwise") & (summary["measure"] == "ratio")]
+    rows = []
+    for _, pair in pairs.iterrows():
+        a, b, task = pair["strategy"], pair["versus"], pair["task"]
+        if a > b:
+            continue  # each unordered pair once; summary.csv holds both directions
+        keys = dict(strategy=a, task=task, versus=b)
+        rows.append({"task": task, "a": a, "b": b, "n": str(int(pair["n"])),
+                     "median a": fmt(_v(value(summary, "pairwise", "median_a", **keys))),
+                     "median b": fmt(_v(value(summary, "pairwise", "median_b", **keys))),
+                     "ratio a/b [95% CI]": _ci(pair),
+                     "difference [95% CI]": _ci(value(summary, "pairwise", "median_diff", **keys)),
+                     "p (Holm)": fmt(_v(value(summary, "pairwise", "p_holm", **keys))),
+                     "effect r": fmt(_v(value(summary, "pairwise", "effect", **keys)))})
+    return pd.DataFrame(rows)
+
+
+def _correlation_table(summary: pd.DataFrame) -> pd.DataFrame:
+    rho = summary[(summary["section"] == "correlation") & (summary["measure"] == "spearman_rho")]
+    rows = []
+    for _, r in rho.iterrows():
+        p = value(summary, "correlation", "spearman_p", strategy=r["strategy"], versus=r["versus"])
+        rows.append({"strategy": r["strategy"], "similarity": r["versus"], "n": str(int(r["n"])),
+                     "Spearman rho [95% CI]": _ci(r), "p": fmt(_v(p))})
+    return pd.DataFrame(rows)
+
+
+def _similarity_table(summary: pd.DataFrame) -> pd.DataFrame:
+    sim = summary[summary["section"] == "similarity"]
+    if sim.empty:
+        return pd.DataFrame()
+    wide = sim.pivot_table(index=["task", "strategy"], columns="measure", values="value", aggfunc="first")
+    return wide.apply(lambda col: col.map(fmt)).reset_index().rename_axis(columns=None)
+
+
+def _lognormal_table(summary: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for task in _tasks(summary):
+        for strategy in _ranked(summary, task):
+            keys = dict(strategy=strategy, task=task)
+            mu = value(summary, "lognormal", "mu", **keys)
+            rows.append({"task": task, "strategy": strategy,
+                         "n > 0": "n/a" if mu is None or math.isnan(mu["n"]) else str(int(mu["n"])),
+                         "n = 0": _count(value(summary, "lognormal", "n_zero", **keys)),
+                         "mu": fmt(_v(mu)), "sigma": fmt(_v(value(summary, "lognormal", "sigma", **keys))),
+                         "Shapiro-Wilk p": fmt(_v(value(summary, "lognormal", "shapiro_p", **keys))),
+                         "KS D": fmt(_v(value(summary, "lognormal", "ks_stat", **keys)))})
+    return pd.DataFrame(rows)
+
+
+def figure_names(summary: pd.DataFrame) -> list[str]:
+    """The figures a report of this summary shows (file stems under ``figures/``)."""
+    names = []
+    for task in _tasks(summary):
+        names += [f"ecdf_{task_slug(task)}", f"certified_accuracy_{task_slug(task)}"]
+    names += ["radius_by_strategy", "pareto"]
+    if (summary["section"] == "similarity").any():
+        names.append("radius_vs_similarity")
+    if value(summary, "entry", "train_time_s") is not None:
+        names.append("training_cost")
+    return names
+
+
+_CAPTIONS = {
+    "ecdf": "Robustness distribution on {task}: ECDF of certified eps_lo (solid) and falsified eps_hi (dashed), "
+            "one colour per strategy, each over its own correctly classified samples.",
+    "certified_accuracy": "Certified accuracy (solid) and not-falsified fraction (dashed) vs eps on {task}.",
+    "radius_by_strategy": "Certified radius eps_lo of correctly classified samples per strategy and target task.",
+    "pareto": "Clean vs certified accuracy at eps_ref per target task; dashed: the Pareto front.",
+    "radius_vs_similarity": "Median certified radius vs each task-similarity measure, least-squares line per "
+                            "strategy.",
+    "training_cost": "Training time per strategy and target task (model cards).",
+}
+
+
+def _caption(name: str, summary: pd.DataFrame) -> str:
+    for task in _tasks(summary):
+        for prefix in ("ecdf", "certified_accuracy"):
+            if name == f"{prefix}_{task_slug(task)}":
+                return _CAPTIONS[prefix].format(task=task)
+    return _CAPTIONS[name]
+
+
+def report_blocks(summary: pd.DataFrame) -> list[Block]:
+    """The report's content, read from the summary only."""
+    eps = _eps_ref(summary)
+    tasks = _tasks(summary)
+    blocks = [
+        Block("h1", "Transfer strategies: certified robustness report"),
+        Block("p", f"{len(tasks)} task(s), {summary.loc[summary['section'] == 'entry', 'strategy'].nunique()} "
+                   f"strateg(ies). Certified radius = eps_lo of a correctly classified sample (0 if misclassified in "
+                   f"pairwise comparisons); intervals are 95% percentile bootstraps; headline accuracies at eps "
+                   f"{fmt(eps)}. Every number here is a row of summary.csv."),
+        Block("h2", "Headline"), Block("table", table=headline_table(summary)),
+        Block("h2", "Conclusions"), Block("list", items=tuple(conclusions(summary))),
+    ]
+    names = figure_names(summary)
+    blocks.append(Block("h2", "Robustness distributions"))
+    blocks += [Block("figure", _caption(n, summary), figure=n) for n in names if n.startswith(("ecdf_", "certified_"))]
+    blocks += [Block("h2", "Certified radius (quantiles with 95% CI)"), Block("table", table=_radius_table(summary)),
+               Block("figure", _caption("radius_by_strategy", summary), figure="radius_by_strategy"),
+               Block("h2", "Accuracy at eps (certified / PGD)"), Block("table", table=_accuracy_table(summary)),
+               Block("figure", _caption("pareto", summary), figure="pareto")]
+    pairwise = _pairwise_table(summary)
+    if not pairwise.empty:
+        blocks += [Block("h2", "Pairwise comparisons on shared samples"),
+                   Block("p", "Wilcoxon signed-rank test of the certified radius per sample, Holm-adjusted over all "
+                              "pairs; effect = matched-pairs rank-biserial correlation (> 0: a larger)."),
+                   Block("table", table=pairwise)]
+    similarity = _similarity_table(summary)
+    if not similarity.empty:
+        blocks += [Block("h2", "Task similarity and certified radius"), Block("table", table=similarity)]
+        correlation = _correlation_table(summary)
+        if not correlation.empty:
+            blocks.append(Block("table", table=correlation))
+        blocks.append(Block("figure", _caption("radius_vs_similarity", summary), figure="radius_vs_similarity"))
+    blocks += [Block("h2", "Log-normal fit of the certified radius"), Block("table", table=_lognormal_table(summary))]
+    if "training_cost" in names:
+        blocks += [Block("h2", "Training cost"),
+                   Block("figure", _caption("training_cost", summary), figure="training_cost")]
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rendering
+
+
+def _md_table(table: pd.DataFrame) -> str:
+    cols = [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row.tolist()) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(blocks: Sequence[Block]) -> str:
+    """report.md: figures are linked from ``figures/<name>.png``."""
+    parts = []
+    for block in blocks:
+        if block.kind == "h1":
+            parts.append(f"# {block.text}")
+        elif block.kind == "h2":
+            parts.append(f"## {block.text}")
+        elif block.kind == "p":
+            parts.append(block.text)
+        elif block.kind == "list":
+            parts.append("\n".join(f"- {item}" for item in block.items) or "- (none)")
+        elif block.kind == "table":
+            parts.append(_md_table(block.table) if block.table is not None and not block.table.empty else "(none)")
+        elif block.kind == "figure":
+            parts.append(f"![{block.text}]({FIGURES}/{block.figure}.png)\n\n*{block.text}*")
+    return "\n\n".join(parts) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.85em}th,td{border:1px solid #ccc;padding:3px 6px;
+text-align:left}th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:min(100%,760px)}figcaption{font-size:0.9em;
+color:#555}li{margin:0.4em 0}"""
+
+
+def render_html(blocks: Sequence[Block], figures_dir: Path) -> str:
+    """report.html: one file, figures embedded as base64 PNG, no scripts, no external resources."""
+    body = []
+    for block in blocks:
+        if block.kind in ("h1", "h2"):
+            body.append(f"<{block.kind}>{html.escape(block.text)}</{block.kind}>")
+        elif block.kind == "p":
+            body.append(f"<p>{html.escape(block.text)}</p>")
+        elif block.kind == "list":
+            body.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block.items) + "</ul>")
+        elif block.kind == "table":
+            table = block.table if block.table is not None else pd.DataFrame()
+            body.append(table.to_html(index=False, escape=True, border=0) if not table.empty else "<p>(none)</p>")
+        elif block.kind == "figure":
+            png = Path(figures_dir) / f"{block.figure}.png"
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            body.append(f'<figure><img alt="{html.escape(block.figure)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(block.text)}</figcaption></figure>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>robverify strategies report</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`compare_runs` wrote, the headline table and the data behind each figure."""
+
+    out: Path
+    summary: pd.DataFrame
+    headline: pd.DataFrame
+    figures: dict[str, object]
+
+    @property
+    def html(self) -> Path:
+        return self.out / REPORT_HTML
+
+    @property
+    def markdown(self) -> Path:
+        return self.out / REPORT_MD
+
+
+def draw_figures(table: pd.DataFrame, summary: pd.DataFrame, figures_dir: Path) -> dict[str, object]:
+    """All figures of the report (the names :func:`figure_names` lists); returns the data each drew."""
+    drawn: dict[str, object] = {}
+    eps_ref = _eps_ref(summary)
+    points = entry_points(summary)
+    for task in _tasks(summary):
+        part = table[table["task"] == task]
+        slug = task_slug(task)
+        drawn[f"ecdf_{slug}"] = plot_ecdf(part, figures_dir, name=f"ecdf_{slug}")
+        grid = sorted(summary.loc[(summary["section"] == "accuracy") & (summary["task"] == task), "eps"].unique())
+        curve = certified_accuracy_curve(part, eps=sorted(set(grid) | set(np.linspace(0, max(grid) * 2, 41))))
+        drawn[f"certified_accuracy_{slug}"] = plot_certified_accuracy(curve, figures_dir,
+                                                                      name=f"certified_accuracy_{slug}")
+    drawn["radius_by_strategy"] = plot_radius_by_strategy(table, figures_dir)
+    drawn["pareto"] = plot_pareto(points, eps_ref, figures_dir)
+    measures = sorted(summary.loc[summary["section"] == "similarity", "measure"].unique())
+    if measures:
+        drawn["radius_vs_similarity"] = plot_radius_vs_similarity(
+            points.rename(columns={"eps_lo_q50": "median_eps_lo"}), measures, figures_dir)
+    if "train_time_s" in points and points["train_time_s"].notna().any():
+        drawn["training_cost"] = plot_training_cost(points, figures_dir)
+    return drawn
+
+
+def compare_runs(run_dirs: Sequence[Path], out: Path, *, eps: Sequence[float] | None = None,
+                 eps_ref: float | None = None, seed: int = 0) -> Report:
+    """Read sweep run directories, compute the summary, draw the figures and write the report into ``out``.
+
+    ``eps_ref``: the eps of the headline accuracies (default: the training eps of the model cards).
+    ``eps``: accuracy grid (default: 0, eps_ref / 4, eps_ref / 2, eps_ref, 2 eps_ref).
+    Raises RobverifyError for runs that are not finished sweeps, or that cannot be compared.
+    """
+    runs = load_study_runs([Path(p) for p in run_dirs])
+    table = study_table(runs)
+    frame = runs_frame(runs)
+    if eps_ref is not None and not (math.isfinite(eps_ref) and eps_ref >= 0):
+        raise RobverifyError(f"--eps-ref must be a finite number >= 0, got {eps_ref}")
+    eps_ref = reference_eps(table, frame) if eps_ref is None else float(eps_ref)
+    grid = list(eps) if eps else [0.0, eps_ref / 4, eps_ref / 2, eps_ref, 2 * eps_ref]
+    if any(not math.isfinite(e) or e < 0 for e in grid):
+        raise RobverifyError(f"--eps must be finite numbers >= 0, got {list(grid)}")
+    built = build_summary(table, frame, eps_ref=eps_ref, eps_grid=grid, seed=seed)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RobverifyError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    _atomic_write_text(out / SUMMARY_CSV, built.to_csv(index=False))
+    summary = read_summary(out / SUMMARY_CSV)  # the report is written from what the file holds
+    figures = draw_figures(table, summary, out / FIGURES)
+    blocks = report_blocks(summary)
+    _atomic_write_text(out / REPORT_MD, render_markdown(blocks))
+    _atomic_write_text(out / REPORT_HTML, render_html(blocks, out / FIGURES))
+    return Report(out, summary, headline_table(summary), figures)
+

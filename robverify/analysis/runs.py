@@ -1,0 +1,133 @@
+"""Sweep run directories of a study, read together with their models' cards.
+
+A compared run is a finished ``robverify sweep-epsilon`` run directory. Its ``run.json`` names the model; the
+model card beside the model (``model.json``) says the transfer strategy, the source task, the training cost and
+the task-similarity scores. Each run becomes one *entry*: one (strategy, task) pair.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from robverify.errors import RobverifyError
+from robverify.model_card import ModelCard, card_path_for
+from robverify.results import RESULTS_PARQUET, RUN_JSON, validate_table
+
+__all__ = ["SOURCE_STRATEGY", "StudyRun", "load_study_runs", "runs_frame", "study_table"]
+
+#: the strategy label of a model trained on its own task (no transfer)
+SOURCE_STRATEGY = "source"
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One sweep run: its directory, the table rows, and what the model card says."""
+
+    path: Path
+    run_id: str
+    model_path: Path
+    strategy: str
+    task: str
+    source_task: str | None
+    table: pd.DataFrame
+    train_time_s: float | None = None
+    card_eps: float | None = None
+    training_method: str | None = None
+    similarity: dict[str, float] = field(default_factory=dict)
+
+
+def _read_run_json(path: Path) -> dict:
+    run_json = path / RUN_JSON
+    if not run_json.is_file():
+        raise RobverifyError(f"{path} is not a run directory (no {RUN_JSON})")
+    try:
+        meta = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RobverifyError(f"{run_json} is not readable JSON ({exc})") from None
+    if meta.get("status") != "complete" or not (path / RESULTS_PARQUET).is_file():
+        raise RobverifyError(f"{path} is not a finished run (status {meta.get('status')!r}); finish it first")
+    return meta
+
+
+def _model_path(path: Path, meta: dict) -> Path:
+    model = Path(str((meta.get("arguments") or {}).get("model", "")))
+    for candidate in (model, path / model, path.parent / model):
+        if candidate.is_file():
+            return candidate.resolve()
+    return model
+
+
+def _load_one(path: Path) -> StudyRun:
+    path = Path(path)
+    meta = _read_run_json(path)
+    if meta.get("command") != "sweep-epsilon":
+        raise RobverifyError(f"{path} is a {meta.get('command')!r} run; compare reads sweep-epsilon runs")
+    table = validate_table(pd.read_parquet(path / RESULTS_PARQUET), "sweep")
+    model = _model_path(path, meta)
+    card_file = card_path_for(model)
+    card = ModelCard.from_json(card_file) if card_file.is_file() else None
+    task = str(table["task"].iloc[0]) if len(table) else str((meta.get("arguments") or {}).get("task"))
+    if card is None:
+        strategy, source_task = model.stem, None
+    else:
+        strategy = card.strategy or SOURCE_STRATEGY
+        source_task = card.source_task if card.strategy else card.task
+    return StudyRun(
+        path=path, run_id=str(meta.get("run_id")), model_path=model, strategy=strategy, task=task,
+        source_task=source_task, table=table,
+        train_time_s=card.train_time_s if card else None,
+        card_eps=card.eps if card else None,
+        training_method=card.training.get("method") if card else None,
+        similarity=dict(card.similarity) if card else {},
+    )
+
+
+def _shared_samples(a: StudyRun, b: StudyRun) -> int:
+    return len(set(a.table["sample_id"].tolist()) & set(b.table["sample_id"].tolist()))
+
+
+def load_study_runs(run_dirs: list[Path]) -> list[StudyRun]:
+    """Read the run directories; one run per (strategy, task), and runs on one task must share samples.
+
+    Raises:
+        RobverifyError: a directory is not a finished sweep run, two runs have the same strategy and task, or two
+            runs on the same task share no sample.
+    """
+    if not run_dirs:
+        raise RobverifyError("compare: expected at least one run directory")
+    runs = [_load_one(Path(p)) for p in run_dirs]
+    seen: dict[tuple[str, str], StudyRun] = {}
+    for run in runs:
+        other = seen.get((run.strategy, run.task))
+        if other is not None:
+            raise RobverifyError(f"runs {other.path} and {run.path} both hold strategy {run.strategy} on task "
+                                 f"{run.task}; compare one run per strategy and task")
+        seen[(run.strategy, run.task)] = run
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
+            if a.task == b.task and _shared_samples(a, b) == 0:
+                raise RobverifyError(f"runs {a.path} and {b.path} (task {a.task}) share no samples; sweep both "
+                                     f"with the same -n and --seed")
+    return runs
+
+
+def study_table(runs: list[StudyRun]) -> pd.DataFrame:
+    """The sweep rows of all runs with ``strategy`` added and ``model`` set to the strategy (series label)."""
+    frames = [run.table.assign(model=run.strategy, strategy=run.strategy) for run in runs]
+    return pd.concat(frames, ignore_index=True)
+
+
+def runs_frame(runs: list[StudyRun]) -> pd.DataFrame:
+    """One row per run: strategy, task, source task, run directory, training facts and ``sim_<measure>``."""
+    rows = []
+    for run in runs:
+        row = {"strategy": run.strategy, "task": run.task, "source_task": run.source_task, "run_dir": str(run.path),
+               "run_id": run.run_id, "train_time_s": run.train_time_s, "card_eps": run.card_eps,
+               "training_method": run.training_method}
+        row.update({f"sim_{k}": float(v) for k, v in run.similarity.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)

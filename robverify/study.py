@@ -1,0 +1,439 @@
+"""The study runner behind ``robverify run STUDY.toml`` and ``robverify demo``: source training -> transfers
+(each exported with its model card by the trainer) -> sweeps -> compare, every step cached by the hash of its
+inputs.
+
+A step's folder name ends with that hash, and a finished step leaves ``step.json`` (its inputs and hash) behind.
+A re-run skips every step whose ``step.json`` holds the same hash, so running a study twice recomputes nothing,
+and changing one setting redoes only the steps that depend on it (a transfer's inputs include its source's hash,
+a sweep's its model's, the report's all sweeps'). Like ``robverify/cli.py`` this module sits above ``trainers``.
+
+A study file (TOML; see ``examples/demo_study.toml``)::
+
+    [study]     out (folder, relative to the study file), seed, device, data_root
+    [source]    task, arch, method, eps, epochs, hyper = {...}      -- or model = "folder of robverify train"
+    [transfer]  targets = [...], strategies = [...], epochs, blocks, eps, hyper = {...}
+    [sweep]     n, method, backend, tol, eps_max, grid, batch_size, include_source
+    [compare]   eps = [...], eps_ref, seed
+
+Unknown tables or keys are refused with the line they are on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robverify.errors import RobverifyError
+from robverify.results import _atomic_write_text
+
+__all__ = ["DEMO_STUDY", "Step", "Study", "StudyResult", "load_study", "parse_study", "run_study"]
+
+STEP_JSON = "step.json"
+
+#: the embedded default study of ``robverify demo`` (examples/demo_study.toml holds the same text)
+DEMO_STUDY = """\
+# The embedded default study of `robverify demo`: a PGD-trained cnn-small on mnist5k[0-4] transferred to four
+# targets of graded similarity with three main strategies; every model swept on the same 15 test samples.
+# Sized for 2 CPU cores in under 15 minutes (add "certified-ft" or "partial-ft" with blocks = 1 for a longer run).
+
+[study]
+out = "demo-out"
+seed = 0
+device = "cpu"
+
+[source]
+task = "mnist5k[0-4]"
+arch = "cnn-small"
+method = "pgd"
+eps = 0.1
+epochs = 2
+hyper = { attack_steps = 3 }
+
+[transfer]
+targets = ["mnist5k[5-9]", "mnist5k[5-9]+invert", "mnist5k[5-9]+rot90", "digits+resize28"]
+strategies = ["linear-probe", "full-ft", "adv-ft"]
+epochs = 1
+hyper = { attack_steps = 3, lr = 0.003 }
+
+[sweep]
+n = 15
+method = "crown"
+tol = 0.005
+eps_max = 0.3
+include_source = true
+
+[compare]
+seed = 0
+"""
+
+_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+    "study": {"out": (str,), "seed": (int,), "device": (str,), "data_root": (str,), "name": (str,)},
+    "source": {"task": (str,), "arch": (str,), "method": (str,), "eps": (int, float), "epochs": (int,),
+               "hyper": (dict,), "model": (str,)},
+    "transfer": {"targets": (list,), "strategies": (list,), "epochs": (int,), "blocks": (int,), "eps": (int, float),
+                 "hyper": (dict,)},
+    "sweep": {"n": (int,), "method": (str,), "backend": (str,), "tol": (int, float), "eps_max": (int, float),
+              "grid": (str,), "batch_size": (int,), "include_source": (bool,)},
+    "compare": {"eps": (list,), "eps_ref": (int, float), "seed": (int,)},
+}
+_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+               dict: "an inline table"}
+_REQUIRED = {"transfer": ("targets", "strategies")}
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "study": {"out": "study-out", "seed": 0, "device": "cpu", "data_root": None, "name": "study"},
+    "source": {"arch": "cnn-small", "method": "pgd", "eps": 0.1, "epochs": 3, "hyper": {}, "model": None,
+               "task": None},
+    "transfer": {"epochs": 2, "blocks": None, "eps": None, "hyper": {}},
+    "sweep": {"n": 30, "method": "crown", "backend": "native", "tol": 1e-3, "eps_max": 0.3, "grid": None,
+              "batch_size": 256, "include_source": True},
+    "compare": {"eps": None, "eps_ref": None, "seed": 0},
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the study file
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed study: its settings per table (defaults filled in) and where it was read from."""
+
+    path: Path
+    settings: dict[str, dict[str, Any]]
+    lines: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def __getitem__(self, table: str) -> dict[str, Any]:
+        return self.settings[table]
+
+    def where(self, table: str, key: str | None = None) -> str:
+        """``file:line`` of a key (or a table) for error messages."""
+        line = self.lines.get((table, key or ""))
+        return f"{self.path}:{line}" if line else str(self.path)
+
+
+_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\s*(#.*)?$")
+_KEY = re.compile(r"^\s*(?:\"([^\"]+)\"|'([^']+)'|([A-Za-z0-9_\-]+))\s*=")
+
+
+def _key_lines(text: str) -> dict[tuple[str, str], int]:
+    """(table, key) -> line number of top-level keys per ``[table]``; (table, "") -> the header's line."""
+    lines: dict[tuple[str, str], int] = {}
+    table = ""
+    depth = 0  # inside a multi-line array or inline table: keys there are values, not settings
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.split("#", 1)[0]
+        if depth == 0:
+            header = _HEADER.match(line)
+            if header:
+                table = header.group(1).strip().strip("\"'")
+                lines.setdefault((table, ""), number)
+                continue
+            key = _KEY.match(line)
+            if key:
+                lines.setdefault((table, next(g for g in key.groups() if g)), number)
+        depth += stripped.count("[") + stripped.count("{") - stripped.count("]") - stripped.count("}")
+        depth = max(depth, 0)
+    return lines
+
+
+def parse_study(text: str, path: Path) -> Study:
+    """Parse and check a study file's text; RobverifyError naming the file, line and key for anything unknown,
+    missing or of the wrong type."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RobverifyError(f"{path}: not valid TOML: {exc}") from None
+    lines = _key_lines(text)
+    study = Study(Path(path), {}, lines)
+    for table, content in data.items():
+        if table not in _SCHEMA:
+            raise RobverifyError(f"{study.where(table) if (table, '') in lines else study.where('', table)}: "
+                                 f"unknown table [{table}]; expected one of {', '.join(_SCHEMA)}")
+        if not isinstance(content, dict):
+            raise RobverifyError(f"{study.where('', table)}: {table} must be a table [{table}]")
+        for key, value in content.items():
+            allowed = _SCHEMA[table].get(key)
+            if allowed is None:
+                raise RobverifyError(f"{study.where(table, key)}: unknown key {key!r} in [{table}]; expected one of "
+                                     f"{', '.join(_SCHEMA[table])}")
+            if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+                names = " or ".join(_TYPE_WORDS[t] for t in allowed)
+                raise RobverifyError(f"{study.where(table, key)}: [{table}] {key} must be {names}, got {value!r}")
+    for table, keys in _REQUIRED.items():
+        for key in keys:
+            if key not in data.get(table, {}):
+                raise RobverifyError(f"{path}: [{table}] needs {key}")
+    settings = {table: {**defaults, **data.get(table, {})} for table, defaults in _DEFAULTS.items()}
+    source = settings["source"]
+    if source["model"] is None and source["task"] is None:
+        raise RobverifyError(f"{path}: [source] needs task (to train a source model) or model (a trained one)")
+    if source["model"] is not None and any(k in data.get("source", {}) for k in ("task", "arch", "method", "eps",
+                                                                                    "epochs", "hyper")):
+        raise RobverifyError(f"{study.where('source', 'model')}: [source] model is a trained source; "
+                             f"leave out the training keys")
+    for key in ("targets", "strategies"):
+        values = settings["transfer"][key]
+        if not values or not all(isinstance(v, str) for v in values):
+            raise RobverifyError(f"{study.where('transfer', key)}: [transfer] {key} must be a non-empty list of "
+                                 f"strings")
+    return Study(Path(path), settings, lines)
+
+
+def load_study(path: Path) -> Study:
+    """Read and check a study file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RobverifyError(f"study file not found: {path}") from None
+    except OSError as exc:
+        raise RobverifyError(f"cannot read study file {path}: {exc.strerror or exc}") from None
+    return parse_study(text, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# steps
+
+
+def _hash(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
+@dataclass
+class Step:
+    """One cached step: ``kind`` (source, transfer, sweep, compare), its inputs, folder and work."""
+
+    kind: str
+    label: str
+    inputs: dict[str, Any]
+    folder: Path
+    work: Callable[["Step"], None]
+    external: bool = False  # an existing model named by the study: never recomputed
+    ran: bool = False
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return _hash(self.inputs)
+
+    def done(self) -> bool:
+        if self.external:
+            return True
+        marker = self.folder / STEP_JSON
+        if not marker.is_file():
+            return False
+        try:
+            return json.loads(marker.read_text(encoding="utf-8")).get("hash") == self.key
+        except (OSError, ValueError):
+            return False
+
+    def finish(self) -> None:
+        record = {"kind": self.kind, "label": self.label, "hash": self.key, "inputs": self.inputs,
+                  "seconds": round(self.seconds, 3)}
+        _atomic_write_text(self.folder / STEP_JSON, json.dumps(record, indent=2, default=str) + "\n")
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """The steps (in order, with whether each ran) and the compare report."""
+
+    steps: list[Step]
+    report: Any  # robverify.analysis.report.Report
+
+    @property
+    def ran(self) -> list[Step]:
+        return [s for s in self.steps if s.ran]
+
+    def outcome(self) -> list[str]:
+        """What the command line prints: steps run, the headline table, the report's path."""
+        ran = self.ran
+        done = f" ({sum(s.seconds for s in ran):.0f} s)" if ran else " (all cached)"
+        return [f"{len(ran)} of {len(self.steps)} steps ran{done}", self.report.headline.to_string(index=False),
+                f"report: {self.report.html.resolve()}"]
+
+
+def _sweep(model: Path, task: str | None, out: Path, study: Study, progress: Callable[[int], None]) -> None:
+    """What ``robverify sweep-epsilon`` does, with the study's settings (same run directory and fingerprint)."""
+    from robverify.cli import _backend, _backend_options, _prepare_run
+    from robverify.jobs import run_sweep
+    from robverify.results import write_verona_result_df
+    from robverify.search import parse_grid
+    from robverify.spec import Method
+
+    s, seed, device = study["sweep"], study["study"]["seed"], study["study"]["device"]
+    method = Method.parse(s["method"]).value
+    grid = parse_grid(s["grid"]) if s["grid"] else None
+    options = _backend_options(None, None, None)
+    data_root = Path(study["study"]["data_root"]) if study["study"]["data_root"] else None
+    loaded, samples, run, out = _prepare_run(
+        "sweep-epsilon", ["sample_id"], model, task, s["n"], seed, data_root, device, method, s["backend"], out,
+        settings=dict(tol=float(s["tol"]), grid=grid, eps_max=float(s["eps_max"]), **options.fingerprint()))
+    engine = _backend(loaded, s["backend"], method, s["batch_size"], seed, options)
+    table = run_sweep(run, engine, samples, tol=float(s["tol"]), grid=grid, eps_max=float(s["eps_max"]),
+                      progress=progress)
+    write_verona_result_df(table, out / "result_df.csv")
+
+
+def plan_study(study: Study, out: Path, progress: Callable[[int], None] = lambda k: None) -> list[Step]:
+    """The steps of a study in order, with their inputs and folders (nothing runs)."""
+    from trainers.strategies import get_strategy
+    from trainers.tasks import parse_task
+
+    seed = study["study"]["seed"]
+    data_root = Path(study["study"]["data_root"]) if study["study"]["data_root"] else None
+    device = study["study"]["device"]
+    src = study["source"]
+    steps: list[Step] = []
+
+    if src["model"] is not None:
+        model_dir = Path(src["model"])
+        model_dir = model_dir if model_dir.is_absolute() else study.path.parent / model_dir
+        onnx = model_dir / "model.onnx"
+        if not onnx.is_file() or not (model_dir / "model.json").is_file():
+            raise RobverifyError(f"{study.where('source', 'model')}: source model {model_dir} not found "
+                                 f"(expected model.onnx and model.json from robverify train)")
+        digest = hashlib.sha256(onnx.read_bytes()).hexdigest()
+        source = Step("source", f"source model {model_dir}", {"kind": "source", "model_sha256": digest},
+                      model_dir, lambda step: None, external=True)
+        source_task = None
+    else:
+        try:
+            source_task = str(parse_task(src["task"]))
+        except RobverifyError as exc:
+            raise RobverifyError(f"{study.where('source', 'task')}: {exc}") from None
+        inputs = {"kind": "source", "task": source_task, "arch": src["arch"], "method": src["method"],
+                  "eps": float(src["eps"]), "epochs": src["epochs"], "seed": seed, "hyper": src["hyper"]}
+
+        def train(step: Step) -> None:
+            from trainers.pipeline import train_source
+
+            train_source(source_task, src["arch"], src["method"], float(src["eps"]), src["epochs"], step.folder,
+                         seed=seed, data_root=data_root, device=device, progress=False, **src["hyper"])
+
+        source = Step("source", f"train {src['method']} {src['arch']} on {source_task}", inputs,
+                      out / f"source-{_hash(inputs)}", train)
+    steps.append(source)
+
+    tr = study["transfer"]
+    models: list[tuple[Step, str | None, str]] = []  # (model step, task, name)
+    if study["sweep"]["include_source"]:
+        models.append((source, source_task, "source"))
+    for target in tr["targets"]:
+        try:
+            task = str(parse_task(target))
+        except RobverifyError as exc:
+            raise RobverifyError(f"{study.where('transfer', 'targets')}: {exc}") from None
+        for strategy in tr["strategies"]:
+            try:
+                plan = get_strategy(strategy)
+            except RobverifyError as exc:
+                raise RobverifyError(f"{study.where('transfer', 'strategies')}: {exc}") from None
+            blocks = tr["blocks"] if plan.needs_blocks else None
+            inputs = {"kind": "transfer", "source": source.key, "task": task, "strategy": strategy,
+                      "epochs": tr["epochs"], "blocks": blocks, "eps": tr["eps"], "seed": seed, "hyper": tr["hyper"]}
+
+            def transfer(step: Step, task: str = task, strategy: str = strategy, blocks: int | None = blocks) -> None:
+                from trainers.pipeline import transfer_model
+
+                transfer_model(source.folder, task, strategy, step.folder, blocks=blocks, epochs=tr["epochs"],
+                               seed=seed, data_root=data_root, device=device, eps=tr["eps"], progress=False,
+                               **tr["hyper"])
+
+            step = Step("transfer", f"transfer {strategy} -> {task}", inputs,
+                        out / "transfer" / f"{strategy}--{_slug(task)}-{_hash(inputs)}", transfer)
+            steps.append(step)
+            models.append((step, task, f"{strategy} on {task}"))
+
+    sweeps: list[Step] = []
+    for model_step, task, name in models:
+        inputs = {"kind": "sweep", "model": model_step.key, "task": task, "seed": seed,
+                  **{k: v for k, v in study["sweep"].items() if k not in ("include_source", "batch_size")}}
+
+        def sweep(step: Step, model_step: Step = model_step, task: str | None = task) -> None:
+            _sweep(model_step.folder / "model.onnx", task, step.folder, study, progress)
+
+        sweeps.append(Step("sweep", f"sweep {name}", inputs, out / "sweep" / f"{_slug(name)}-{_hash(inputs)}", sweep))
+    steps += sweeps
+
+    cmp = study["compare"]
+    inputs = {"kind": "compare", "sweeps": [s.key for s in sweeps], "eps": cmp["eps"], "eps_ref": cmp["eps_ref"],
+              "seed": cmp["seed"]}
+
+    def compare(step: Step) -> None:
+        from robverify.analysis.report import compare_runs
+
+        compare_runs([s.folder for s in sweeps], step.folder, eps=cmp["eps"], eps_ref=cmp["eps_ref"], seed=cmp["seed"])
+
+    steps.append(Step("compare", "compare (strategies report)", inputs, out / "report", compare))
+    return steps
+
+
+def run_study(study: Study, out: Path | None = None, *, console: Any = None) -> StudyResult:
+    """Run every step whose ``step.json`` is missing or stale, in order; then return the report.
+
+    ``out`` overrides the study's ``[study] out`` (which is relative to the study file). ``console``: a
+    ``rich.console.Console`` for the progress display (None: no display).
+    """
+    from robverify.analysis.report import FIGURES, Report, figure_names, headline_table, read_summary
+
+    out = Path(out) if out is not None else study.path.parent / study["study"]["out"]
+    bar = None
+    sample_task = None
+
+    def advance(k: int) -> None:
+        if bar is not None and sample_task is not None:
+            bar.advance(sample_task, k)
+
+    steps = plan_study(study, out, advance)
+    if console is not None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console, transient=False)
+    with bar if bar is not None else _Nothing():
+        overall = bar.add_task("study", total=len(steps)) if bar is not None else None
+        for step in steps:
+            if step.done():
+                if bar is not None:
+                    bar.advance(overall, 1)
+                continue
+            if bar is not None:
+                bar.update(overall, description=f"study: {step.label}")
+                if step.kind == "sweep":
+                    sample_task = bar.add_task(f"  samples of {step.label}", total=study["sweep"]["n"])
+            started = time.perf_counter()
+            step.folder.mkdir(parents=True, exist_ok=True)
+            step.work(step)
+            step.seconds = time.perf_counter() - started
+            step.ran = True
+            step.finish()
+            if bar is not None:
+                if sample_task is not None:
+                    bar.remove_task(sample_task)
+                    sample_task = None
+                bar.advance(overall, 1)
+        if bar is not None:
+            bar.update(overall, description="study")
+    report_dir = steps[-1].folder
+    summary = read_summary(report_dir / "summary.csv")
+    figures = {name: report_dir / FIGURES / f"{name}.png" for name in figure_names(summary)}
+    return StudyResult(steps, Report(report_dir, summary, headline_table(summary), figures))
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,271 @@
+"""The strategies report: data behind the figures, numbers recomputable from summary.csv, HTML in Chromium,
+and bad inputs of `robverify compare`."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from robverify.analysis.distribution import correctly_classified
+from robverify.analysis.report import (
+    compare_runs,
+    fmt,
+    read_summary,
+    render_markdown,
+    report_blocks,
+    task_slug,
+)
+from robverify.analysis.strategy_plots import pareto_front
+from robverify.cli import app
+from robverify.errors import RobverifyError
+from robverify.model_card import ModelCard
+from robverify.results import SWEEP_COLUMNS, RunDir
+
+TASKS = {"mnist5k[5-9]": 1.0, "mnist5k[5-9]+rot90": 0.5}  # target task -> similarity (logme)
+STRATEGIES = {"adv-ft": 0.04, "full-ft": 0.01, "linear-probe": 0.02}  # strategy -> median certified radius
+N = 40
+
+
+def sweep_table(strategy: str, task: str, ids: list[int], seed: int) -> pd.DataFrame:
+    """Log-normal eps_lo around the strategy's median scaled by task similarity; eps_hi = 1.5 eps_lo, every
+    fourth sample never falsified; samples with id % 7 == 3 misclassified."""
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(ids)
+    lo = STRATEGIES[strategy] * TASKS[task] * rng.lognormal(0.0, 0.4, size=ids.size)
+    hi = np.where(ids % 4 == 0, np.inf, lo * 1.5)
+    wrong = ids % 7 == 3
+    return pd.DataFrame({
+        "run_id": f"r-{strategy}", "model": "model", "backend": "native", "method": "crown", "task": task,
+        "sample_id": ids, "label": ids % 5, "pred": np.where(wrong, (ids + 1) % 5, ids % 5), "time_s": 0.1,
+        "eps_lo": np.where(wrong, 0.0, lo), "eps_hi": np.where(wrong, 0.0, hi),
+        "status": np.where(wrong, "misclassified", "tol"), "n_calls": 6,
+    }, columns=SWEEP_COLUMNS)
+
+
+def make_run(root: Path, strategy: str, task: str, ids: list[int], seed: int, train_time: float = 10.0) -> Path:
+    model_dir = root / "models" / f"{strategy}-{task_slug(task)}"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.onnx").write_bytes(b"not read by compare")
+    ModelCard(architecture={"arch": "cnn-small"}, task=task, source_task="mnist5k[0-4]", strategy=strategy,
+              training={"method": "pgd", "eps": 0.02}, eps=0.02, train_time_s=train_time,
+              similarity={"logme": TASKS[task], "label_overlap": 0.0, "cka": 0.5 + seed / 100}
+              ).to_json(model_dir / "model.json")
+    run_dir = root / "runs" / f"{strategy}-{task_slug(task)}"
+    run = RunDir.open(run_dir, "sweep-epsilon", {"model": str(model_dir / "model.onnx"), "task": task},
+                      {"task": task, "strategy": strategy}, key=["sample_id"])
+    run.commit(sweep_table(strategy, task, ids, seed))
+    run.finalize(figures=False)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
+    root = tmp_path_factory.mktemp("study")
+    runs = [make_run(root, s, t, list(range(N)), seed=i * 10 + j, train_time=5.0 * (i + 1))
+            for i, s in enumerate(STRATEGIES) for j, t in enumerate(TASKS)]
+    return runs, root
+
+
+@pytest.fixture(scope="module")
+def report(study):
+    runs, root = study
+    return compare_runs(runs, root / "report", seed=0)
+
+
+def robverify_cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robverify.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def run_table(run_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / "results.parquet")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data behind the figures
+
+
+def test_each_ecdf_line_is_its_own_models_sorted_values(study, report) -> None:
+    runs, _ = study
+    for task in TASKS:
+        drawn = report.figures[f"ecdf_{task_slug(task)}"]
+        assert sorted(drawn) == sorted(STRATEGIES)
+        for strategy, data in drawn.items():
+            table = run_table(next(r for r in runs if r.name == f"{strategy}-{task_slug(task)}"))
+            correct = table[correctly_classified(table).to_numpy()]
+            np.testing.assert_array_equal(data["lo_x"], np.sort(correct["eps_lo"].to_numpy()))
+            hi = np.sort(correct["eps_hi"].to_numpy())
+            np.testing.assert_array_equal(data["hi_x"], hi[np.isfinite(hi)])
+            np.testing.assert_allclose(data["lo_y"], np.arange(1, len(correct) + 1) / len(correct))
+
+
+def test_certified_accuracy_is_the_fraction_with_eps_lo_at_least_eps(study, report) -> None:
+    runs, _ = study
+    summary = report.summary
+    acc = summary[(summary["section"] == "accuracy") & (summary["measure"] == "certified_acc")]
+    assert len(acc) > 0
+    for _, row in acc.iterrows():
+        table = run_table(next(r for r in runs if r.name == f"{row['strategy']}-{task_slug(row['task'])}"))
+        correct = table["pred"] == table["label"]
+        assert row["value"] == pytest.approx(float((correct & (table["eps_lo"] >= row["eps"])).mean()))
+    for task in TASKS:  # and the drawn curve says the same at every drawn eps
+        for strategy, data in report.figures[f"certified_accuracy_{task_slug(task)}"].items():
+            table = run_table(next(r for r in runs if r.name == f"{strategy}-{task_slug(task)}"))
+            correct = (table["pred"] == table["label"]).to_numpy()
+            expected = [(correct & (table["eps_lo"].to_numpy() >= e)).mean() for e in data["lo_x"]]
+            np.testing.assert_allclose(data["lo_y"], expected)
+
+
+def test_radius_boxes_and_similarity_points(study, report) -> None:
+    runs, _ = study
+    boxes = report.figures["radius_by_strategy"]
+    assert len(boxes) == len(STRATEGIES) * len(TASKS)
+    for label, data in boxes.items():
+        strategy, task = label.split(" | ")
+        table = run_table(next(r for r in runs if r.name == f"{strategy}-{task_slug(task)}"))
+        own = np.sort(table.loc[table["pred"] == table["label"], "eps_lo"].to_numpy())
+        np.testing.assert_array_equal(data["values"], own)
+        assert data["median"] == pytest.approx(np.median(own))
+    points = report.figures["radius_vs_similarity"]["logme"]
+    for strategy, data in points.items():
+        assert sorted(data["x"]) == sorted(TASKS.values())
+        medians = [np.median(run_table(next(r for r in runs if r.name == f"{strategy}-{task_slug(t)}"))
+                             .query("pred == label")["eps_lo"]) for t in TASKS]
+        assert sorted(data["y"]) == pytest.approx(sorted(medians))
+        assert data["fit_x"].tolist() == [0.5, 1.0]
+    assert report.figures["training_cost"]["full-ft | mnist5k[5-9]"] == 10.0
+
+
+def test_pareto_front() -> None:
+    x = np.array([0.9, 0.8, 0.7, 0.85, 0.6])
+    y = np.array([0.1, 0.3, 0.3, 0.05, 0.5])
+    assert pareto_front(x, y).tolist() == [True, True, False, False, True]
+
+
+def test_figures_are_written_as_png_and_svg(report) -> None:
+    for name in report.figures:
+        assert (report.out / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert (report.out / "figures" / f"{name}.svg").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# numbers: summary.csv is the source of every number in report.md
+
+
+def test_report_md_is_recomputable_from_summary_csv(report) -> None:
+    summary = read_summary(report.out / "summary.csv")
+    assert render_markdown(report_blocks(summary)) == (report.out / "report.md").read_text()
+
+
+def test_every_decimal_in_report_md_is_a_summary_number(report) -> None:
+    summary = read_summary(report.out / "summary.csv")
+    known = {fmt(v) for column in ("value", "ci_low", "ci_high", "eps") for v in summary[column].tolist()}
+    text = (report.out / "report.md").read_text()
+    text = re.sub(r"\]\(figures/[^)]*\)", "]", text)  # figure file names
+    for task in TASKS:
+        text = text.replace(task, "TASK")
+    numbers = re.findall(r"(?<![\w.])-?\d+\.\d+(?:e[-+]\d+)?", text)
+    assert numbers, "the report quotes numbers"
+    missing = sorted(set(numbers) - known)
+    assert not missing, f"numbers in report.md that are not in summary.csv: {missing}"
+
+
+def test_summary_values_match_independent_computation(study, report) -> None:
+    runs, _ = study
+    summary = report.summary
+    a = run_table(next(r for r in runs if r.name == "adv-ft-mnist5k-5-9"))
+    b = run_table(next(r for r in runs if r.name == "full-ft-mnist5k-5-9"))
+    ra = np.where(a["pred"] == a["label"], a["eps_lo"], 0.0)
+    rb = np.where(b["pred"] == b["label"], b["eps_lo"], 0.0)
+    row = summary[(summary["section"] == "pairwise") & (summary["measure"] == "ratio") & (summary["strategy"] == "adv-ft")
+                  & (summary["versus"] == "full-ft") & (summary["task"] == "mnist5k[5-9]")].iloc[0]
+    assert row["value"] == pytest.approx(np.median(ra) / np.median(rb))
+    assert row["ci_low"] <= row["value"] <= row["ci_high"] and row["n"] == N
+    med = summary[(summary["section"] == "radius") & (summary["measure"] == "eps_lo_q50")
+                  & (summary["strategy"] == "adv-ft") & (summary["task"] == "mnist5k[5-9]")].iloc[0]
+    assert med["value"] == pytest.approx(np.median(a.loc[a["pred"] == a["label"], "eps_lo"]))
+    text = (report.out / "report.md").read_text()
+    assert f"On mnist5k[5-9], adv-ft keeps {fmt(row['value'])}x the median certified radius of full-ft" in text
+
+
+def test_headline_table(report) -> None:
+    head = report.headline
+    assert list(head["task"].unique()) == sorted(TASKS)
+    first = head[head["task"] == "mnist5k[5-9]"].iloc[0]
+    assert first["strategy"] == "adv-ft"  # the largest median certified radius comes first
+    assert "median eps_lo [95% CI]" in head.columns
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTML in headless Chromium
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def test_report_html_is_self_contained(report) -> None:
+    text = report.html.read_text()
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert text.count("data:image/png;base64,") == len(report.figures)
+
+
+def test_report_html_renders_in_headless_chromium(report, tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (make test installs it where apt-get can)")
+    shot = tmp_path / "report.png"
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+            "--disable-dev-shm-usage", "--window-size=1200,2400", f"--screenshot={shot}"]
+    done = subprocess.run(args + [report.html.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          report.html.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0 and "Transfer strategies: certified robustness report" in dom.stdout
+    assert dom.stdout.count("<img") == len(report.figures)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad input: exit 2, one line
+
+
+def test_compare_cli_writes_the_report(study, tmp_path: Path) -> None:
+    runs, _ = study
+    result = CliRunner().invoke(app, ["compare", *map(str, runs[:2]), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "report.html").is_file() and "report:" in result.output
+
+
+def test_compare_runs_sharing_no_samples_is_exit_2(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "adv-ft", "mnist5k[5-9]", list(range(0, 10)), seed=1)
+    b = make_run(tmp_path, "full-ft", "mnist5k[5-9]", list(range(10, 20)), seed=2)
+    with pytest.raises(RobverifyError, match="share no samples"):
+        compare_runs([a, b], tmp_path / "report")
+    result = robverify_cli("compare", a, b, "--out", tmp_path / "report")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "share no samples" in lines[0]
+
+
+def test_compare_refuses_unfinished_and_duplicate_runs(study, tmp_path: Path) -> None:
+    runs, _ = study
+    with pytest.raises(RobverifyError, match="one run per strategy and task"):
+        compare_runs([runs[0], runs[0]], tmp_path / "r")
+    with pytest.raises(RobverifyError, match="not a run directory"):
+        compare_runs([tmp_path], tmp_path / "r")
+    result = robverify_cli("compare", tmp_path / "nothing", "--out", tmp_path / "r")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_nan_and_inf_formatting() -> None:
+    assert fmt(math.nan) == "n/a" and fmt(math.inf) == "inf" and fmt(0.012345) == "0.0123"
