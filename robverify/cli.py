@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import sys
@@ -37,85 +36,11 @@ TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", help="Seconds per query of complete verifiers (marabou, external, verona).")]
 
 
-def _not_built(what: str) -> None:
-    raise RobverifyError(f"{what} is not built yet in this version of robverify")
-
-
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err_console, transient=False)
-
-
-def _task_for(model: Path, task: str | None) -> str:
-    if task:
-        return task
-    from robverify.model_card import ModelCard, card_path_for
-
-    card = card_path_for(model)
-    if not card.is_file():
-        raise RobverifyError(f"--task is needed: no model card {card} beside {model}")
-    return ModelCard.from_json(card).task
-
-
-def _samples(model, task: str, n: int, seed: int, data_root: Path | None):
-    """Load the task's test samples and fit them to the model input (recording any reshape)."""
-    import torch
-
-    from robverify.jobs import Samples
-    from robverify.model import inputs_for
-    from trainers.tasks import load_task, sample_test
-
-    data = load_task(task, data_root=data_root, seed=seed)
-    x, y, sample_id = sample_test(data, n, seed=seed)
-    x, reshape = inputs_for(model, x)
-    if model.graph.n_outputs < data.n_classes:
-        raise RobverifyError(f"model has {model.graph.n_outputs} outputs, task {task} has {data.n_classes} classes")
-    digest = hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
-    return Samples(x.to(torch.float32), y, sample_id, str(data.task), model.graph.n_outputs), reshape, digest
-
-
-def _check_eps(values: list[float]) -> None:
-    for e in values:
-        if not math.isfinite(e) or e < 0:
-            raise RobverifyError(f"--eps must be a finite number >= 0, got {e}")
-
-
-def _prepare_run(command: str, key: list[str], model: Path, task: str | None, n: int, seed: int,
-                 data_root: Path | None, device: str, method: str, backend: str, out: Path | None,
-                 settings: dict):
-    """Load the model and the samples, and open (or resume) the run directory of ``command``.
-
-    ``settings`` are the command's own settings; with the common ones they make the run's fingerprint.
-    """
-    from robverify.model import load_model
-    from robverify.results import RunDir
-
-    loaded = load_model(model, device)
-    task = _task_for(model, task)
-    samples, reshape, digest = _samples(loaded, task, n, seed, data_root)
-    out = out or Path("runs") / f"{command.split('-')[0]}-{loaded.name}-{method}"
-    common = dict(task=samples.task, n=n, seed=seed, method=method, backend=backend)
-    arguments = dict(model=str(model), device=device, **common, **settings)
-    run = RunDir.open(out, command, arguments, dict(model_sha256=loaded.sha256, **common, **settings), key)
-    run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape)
-    return loaded, samples, run, out
-
-
-def _backend_options(verifier: str | None, verifier_cmd: str | None, timeout: float | None):
-    from robverify.backends import BackendOptions
-
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise RobverifyError(f"--timeout must be a finite number > 0, got {timeout}")
-    return BackendOptions(verifier=verifier, verifier_cmd=verifier_cmd, timeout=timeout)
-
-
-def _backend(model, backend: str, method: str, batch_size: int, seed: int, options=None):
-    from robverify.backends import AttackConfig, get_backend
-
-    return get_backend(backend)(model, method, batch_size=batch_size, attack=AttackConfig(seed=seed),
-                                options=options)
 
 
 @app.command()
@@ -128,20 +53,20 @@ def certify(
     timeout: TimeoutOpt = None,
 ) -> None:
     """Verdict per sample at each eps, with clean / PGD / certified accuracy."""
+    from robverify.commands import backend_options, check_eps, prepare
     from robverify.jobs import run_certify
     from robverify.spec import Method
 
-    _check_eps(eps)
+    check_eps(eps)
     method = Method.parse(method).value
-    options = _backend_options(verifier, verifier_cmd, timeout)
-    loaded, samples, run, out = _prepare_run(
-        "certify", ["sample_id", "eps"], model, task, n, seed, data_root, device, method, backend, out,
-        settings=dict(eps=sorted(eps), **options.fingerprint()))
-    engine = _backend(loaded, backend, method, batch_size, seed, options)
+    prep = prepare("certify", ["sample_id", "eps"], model, task=task, n=n, seed=seed, data_root=data_root,
+                   device=device, method=method, backend=backend, out=out, batch_size=batch_size,
+                   options=backend_options(verifier, verifier_cmd, timeout), settings=dict(eps=sorted(eps)))
     with _progress() as bar:
-        job = bar.add_task(f"certify {loaded.name} ({method})", total=n)
-        bar.update(job, completed=len({k[0] for k in run.done_keys()}))
-        table = run_certify(run, engine, samples, eps, progress=lambda k: bar.advance(job, k))
+        job = bar.add_task(f"certify {prep.loaded.name} ({method})", total=n)
+        bar.update(job, completed=prep.done)
+        table = run_certify(prep.run, prep.engine, prep.samples, eps, progress=lambda k: bar.advance(job, k))
+    out = prep.out
     summary = table.groupby("eps").agg(
         clean_acc=("verdict", lambda v: float((v != "misclassified").mean())),
         pgd_acc=("verdict", lambda v: float(((v != "misclassified") & (v != "falsified")).mean())),
@@ -163,35 +88,18 @@ def sweep_epsilon(
     timeout: TimeoutOpt = None,
 ) -> None:
     """The robustness distribution: per-sample brackets (eps_lo, eps_hi), ECDF and certified-accuracy plots."""
-    from robverify.jobs import run_sweep
-    from robverify.results import write_verona_result_df
+    from robverify.commands import backend_options, prepare_sweep, run_sweep_job
     from robverify.search import parse_grid
-    from robverify.spec import Method
 
-    if not tol > 0:
-        raise RobverifyError(f"--tol must be > 0, got {tol}")
-    if not (math.isfinite(eps_max) and eps_max > 0):
-        raise RobverifyError(f"--eps-max must be a finite number > 0, got {eps_max}")
     grid_values = parse_grid(grid) if grid else None
-    if backend == "verona" and grid_values is None:
-        raise RobverifyError("--backend verona needs --grid (VERONA searches an epsilon list)")
-    method = Method.parse(method).value
-    options = _backend_options(verifier, verifier_cmd, timeout)
-    loaded, samples, run, out = _prepare_run(
-        "sweep-epsilon", ["sample_id"], model, task, n, seed, data_root, device, method, backend, out,
-        settings=dict(tol=tol, grid=grid_values, eps_max=eps_max, **options.fingerprint()))
-    engine = _backend(loaded, backend, method, batch_size, seed, options)
+    prep = prepare_sweep(model, task=task, n=n, method=method, backend=backend, tol=tol, grid=grid_values,
+                         eps_max=eps_max, out=out, seed=seed, device=device, data_root=data_root,
+                         batch_size=batch_size, options=backend_options(verifier, verifier_cmd, timeout))
     with _progress() as bar:
-        job = bar.add_task(f"sweep {loaded.name} ({method})", total=n)
-        bar.update(job, completed=len(run.done_keys()))
-        if backend == "verona":
-            from robverify.verona_job import run_verona_sweep
-
-            table = run_verona_sweep(run, engine, samples, grid_values or [], progress=lambda k: bar.advance(job, k))
-        else:
-            table = run_sweep(run, engine, samples, tol=tol, grid=grid_values, eps_max=eps_max,
-                              progress=lambda k: bar.advance(job, k))
-    write_verona_result_df(table, out / "result_df.csv")
+        job = bar.add_task(f"sweep {prep.loaded.name} ({prep.engine.method.value})", total=n)
+        bar.update(job, completed=prep.done)
+        table = run_sweep_job(prep, tol=tol, grid=grid_values, eps_max=eps_max, progress=lambda k: bar.advance(job, k))
+    out = prep.out
     correct = table[table["status"] != "misclassified"]
     console.print(f"{len(table)} samples, {len(correct)} correctly classified; "
                   f"median eps_lo {correct['eps_lo'].median():.4g}, median eps_hi {correct['eps_hi'].median():.4g}, "
@@ -280,15 +188,16 @@ def export_vnnlib(
 ) -> None:
     """Write a VNN-COMP benchmark (onnx/, vnnlib/, instances.csv) of the first N correctly classified samples."""
     from properties.benchmark import export_benchmark
+    from robverify.commands import check_eps, load_samples, task_for
     from robverify.model import load_model
     from trainers.tasks import load_task
 
-    _check_eps(eps)
+    check_eps(eps)
     loaded = load_model(model)
-    task = _task_for(model, task)
+    task = task_for(model, task)
     total = len(load_task(task, data_root=data_root, seed=seed).y_test)
     pool = min(total, max(4 * n, n + 50))  # candidates: enough to find n correctly classified ones
-    samples, _, _ = _samples(loaded, task, pool, seed, data_root)
+    samples, _, _ = load_samples(loaded, task, pool, seed, data_root)
     instances = export_benchmark(loaded, samples.x, samples.label, samples.sample_id, eps, out, n=n,
                                  n_classes=samples.n_classes, targeted=targeted, timeout=timeout,
                                  task=samples.task, seed=seed)

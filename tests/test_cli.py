@@ -77,6 +77,10 @@ def test_bad_inputs_exit_2_with_one_line(digits_model, tmp_path):
                     "--data-root")
     _one_line_error(run_cli("certify", digits_model, "--eps", "0.01", "--method", "magic", "-n", "2"),
                     "unknown method")
+    ghost = tmp_path / "ghost-run"  # the backend is built before the run directory: a bad one leaves nothing
+    _one_line_error(run_cli("certify", digits_model, "--eps", "0.01", "-n", "2", "--backend", "external",
+                            "--verifier-cmd", tmp_path / "no-such-tool.sh", "--out", ghost), "unknown verifier command")
+    assert not ghost.exists()
     blocker = tmp_path / "file"
     blocker.write_text("x")
     _one_line_error(run_cli("certify", digits_model, "--eps", "0.01", "-n", "2", "--out", blocker / "sub"),

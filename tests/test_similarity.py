@@ -105,6 +105,18 @@ def test_logme_is_the_maximised_evidence(n: int, d: int) -> None:
     assert logme(f, y) == pytest.approx(np.mean(expected), abs=1e-5)
 
 
+def test_logme_of_features_that_carry_nothing() -> None:
+    """All-zero features (a robust source whose ReLUs are all dead on the target): the evidence of ``t`` as noise
+    alone, ``1/2 log(beta) - 1/2 log(2 pi) - 1/2`` with ``beta = N / |t|^2``, per class, averaged."""
+    n = 50
+    y = np.arange(n) % 3
+    expected = [0.5 * math.log(n / (y == k).sum()) - 0.5 * math.log(2 * math.pi) - 0.5 for k in range(3)]
+    assert logme(np.zeros((n, 8)), y) == pytest.approx(np.mean(expected), abs=1e-12)
+    # the same limit is approached by features that carry almost nothing
+    tiny = np.random.default_rng(0).normal(size=(n, 8)) * 1e-9
+    assert logme(tiny, y) == pytest.approx(np.mean(expected), abs=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # order: a near-identical task scores above an unrelated one
 

@@ -140,4 +140,4 @@ def test_demo_study_ships_in_examples() -> None:
     assert (REPO / "examples" / "demo_study.toml").read_text() == DEMO_STUDY
     study = parse_study(DEMO_STUDY, REPO / "examples" / "demo_study.toml")
     steps = plan_study(study, Path("/nonexistent"))
-    assert len([s for s in steps if s.kind == "transfer"]) == 12 and steps[-1].kind == "compare"
+    assert len([s for s in steps if s.kind == "transfer"]) == 20 and steps[-1].kind == "compare"

@@ -89,8 +89,11 @@ def logme_evidence(features: np.ndarray, target: np.ndarray, alpha: float, beta:
 def _logme_column(u_t: np.ndarray, s2: np.ndarray, t: np.ndarray, n: int, d: int,
                   max_iter: int = 100, tol: float = 1e-5) -> float:
     """Maximised evidence / N for one target column, from the SVD ``F = U diag(s) V^T`` (``u_t = U^T t``)."""
-    alpha, beta = 1.0, 1.0
     t_norm2 = float(t @ t)
+    if s2.size == 0:  # features carry nothing (all zero): alpha -> inf, the evidence of t = noise alone
+        beta = n / max(t_norm2, 1e-12)
+        return 0.5 * math.log(beta) - 0.5 * math.log(2 * math.pi) - beta / 2 * t_norm2 / n
+    alpha, beta = 1.0, 1.0
     proj2 = u_t**2
     outside = max(t_norm2 - float(proj2.sum()), 0.0)  # |t|^2 outside the column space of F
     for _ in range(max_iter):
@@ -98,7 +101,7 @@ def _logme_column(u_t: np.ndarray, s2: np.ndarray, t: np.ndarray, n: int, d: int
         gamma = float(shrink.sum())
         m2 = float(np.sum(beta**2 * s2 * proj2 / (alpha + beta * s2) ** 2))  # |m|^2
         residual = float(np.sum((1 - shrink) ** 2 * proj2)) + outside  # |F m - t|^2
-        new_alpha = gamma / max(m2, 1e-12)
+        new_alpha = max(gamma, 1e-12) / max(m2, 1e-12)
         new_beta = max(n - gamma, 1e-12) / max(residual, 1e-12)
         done = abs(new_alpha - alpha) / alpha < tol and abs(new_beta - beta) / beta < tol
         alpha, beta = new_alpha, new_beta
