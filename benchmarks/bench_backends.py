@@ -73,24 +73,18 @@ def main() -> None:
     parser.add_argument("--grid", default="0:0.06:0.004")
     args = parser.parse_args()
 
-    from properties.onnx_export import export_onnx
+    from bench_model import bench_cnn_small
     from robverify.backends import AttackConfig, BackendOptions, get_backend
     from robverify.jobs import Samples, run_sweep
     from robverify.results import RunDir
     from robverify.search import parse_grid
     from robverify.spec import robustness_spec
     from robverify.verona_job import run_verona_sweep
-    from trainers.tasks import load_task, sample_test
-    from trainers.training import train_standard
-    from trainers.zoo import build_model
+    from trainers.tasks import sample_test
 
-    torch.manual_seed(0)
-    data = load_task("mnist5k[0-9]")
-    net = build_model("cnn-small", data.input_shape, 10, mean=[0.13], std=[0.31], seed=0)
-    train_standard(net, data.x_train, data.y_train, epochs=2, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        path = export_onnx(net, tmp / "cnn_small.onnx", data.input_shape).path
+        data, path = bench_cnn_small(tmp)
         from robverify.model import load_model
 
         model = load_model(path)

@@ -29,22 +29,16 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=1 / 255)
     args = parser.parse_args()
 
-    from properties.onnx_export import export_onnx
+    from bench_model import bench_cnn_small
     from robverify.backends.native import NativeBackend
     from robverify.bounds import compute_bounds
     from robverify.model import load_model
     from robverify.search import critical_epsilon
     from robverify.spec import robustness_spec
-    from trainers.tasks import load_task, sample_test
-    from trainers.training import train_standard
-    from trainers.zoo import build_model
+    from trainers.tasks import sample_test
 
-    torch.manual_seed(0)
-    data = load_task("mnist5k[0-9]")
-    net = build_model("cnn-small", data.input_shape, 10, mean=[0.13], std=[0.31], seed=0)
-    train_standard(net, data.x_train, data.y_train, epochs=2, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(net, Path(tmp) / "cnn_small.onnx", data.input_shape).path
+        data, path = bench_cnn_small(Path(tmp))
         model = load_model(path)
     x, y, _ = sample_test(data, args.samples, seed=0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cnn-small, {args.samples} samples, "
