@@ -94,12 +94,17 @@ def _attack(model: LoadedModel, item: _Open, steps: int, restarts: int, seed: in
         return None
     spec = _per_group(item.inner) if per_group else item.inner
     result = pgd_attack(model.graph, spec, steps=steps, restarts=restarts, seed=seed)
-    xs = result.x_adv.detach().cpu()
+    # confirm every final point, even one whose margin the IR puts at 0 (rounding)
+    return _first_confirmed(model, item, result.x_adv.detach().cpu())
+
+
+def _first_confirmed(model: LoadedModel, item: _Open, xs: Tensor) -> Tensor | None:
+    """The first of the candidates ``xs`` ``[n, *input_shape]`` that onnxruntime confirms against the exact
+    property (float64 box and rows), as ``[1, *input_shape]``; None if none is."""
     n = xs.shape[0]
     exact = Spec(item.exact.x_lo.expand(n, *item.exact.x_lo.shape[1:]),
                  item.exact.x_hi.expand(n, *item.exact.x_hi.shape[1:]), item.exact.C.expand(n, -1, -1),
                  item.exact.d.expand(n, -1), item.exact.group)
-    # confirm every final point, even one whose margin the IR puts at 0 (rounding)
     ok = model.confirm(exact, xs, torch.ones(n, dtype=torch.bool))
     return xs[ok.nonzero()[0]] if bool(ok.any()) else None
 
@@ -170,13 +175,7 @@ def _attack_boxes(model: LoadedModel, item: _Open, boxes: Spec, seed: int) -> Te
     if not bool(result.found.any()):
         return None
     idx = result.found.nonzero().squeeze(1)
-    xs = result.x_adv[idx].detach().cpu()
-    n = xs.shape[0]
-    exact = Spec(item.exact.x_lo.expand(n, *item.exact.x_lo.shape[1:]),
-                 item.exact.x_hi.expand(n, *item.exact.x_hi.shape[1:]), item.exact.C.expand(n, -1, -1),
-                 item.exact.d.expand(n, -1), item.exact.group)
-    ok = model.confirm(exact, xs, torch.ones(n, dtype=torch.bool))
-    return xs[ok.nonzero()[0]] if bool(ok.any()) else None
+    return _first_confirmed(model, item, result.x_adv[idx].detach().cpu())
 
 
 def answer_instance(model: LoadedModel, vnnlib: str | Path, *, timeout: float = 60.0,

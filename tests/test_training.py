@@ -24,17 +24,9 @@ from trainers.loop import fit, resolve_device
 from trainers.objectives import Hyper, make_objective, robust_cross_entropy, certified_loss
 from trainers.tasks import load_task
 from trainers.zoo import build_model, build_model_from_config
+from helpers import single_thread  # noqa: F401,E402 (an autouse fixture: small models train fastest on one thread)
 
 EPS = 0.1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models train faster on one thread, and much faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

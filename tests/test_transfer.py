@@ -22,17 +22,9 @@ from trainers.lora import add_adapters
 from trainers.pipeline import load_source, train_source, transfer_model
 from trainers.strategies import STRATEGIES
 from trainers.tasks import load_task
+from helpers import single_thread  # noqa: F401,E402 (an autouse fixture: small models train fastest on one thread)
 
 SOURCE_TASK, TARGET_TASK, EPS = "digits[0-4]", "digits[5-9]", 0.1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models train faster on one thread, and much faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
