@@ -25,7 +25,8 @@ from trainers.zoo import build_model
 
 if lirpa_compat.installed_version() is None:  # installed by make install; one test below fakes its absence
     pytest.skip("auto_LiRPA is not installed", allow_module_level=True)
-from robverify.backends.lirpa import LirpaBackend, lirpa_ready_onnx, lirpa_rows  # noqa: E402
+from robverify.backends.lirpa import LirpaBackend, lirpa_rows  # noqa: E402
+from robverify.onnx_rewrite import verifier_ready_onnx  # noqa: E402
 
 SHAPE = (1, 12, 12)
 N_CLASSES = 5
@@ -155,7 +156,7 @@ def test_rewritten_onnx_matches_runtime(arch, zoo_models, tmp_path):
     import onnxruntime as ort
 
     _, model = zoo_models[arch, 0]
-    rewritten = lirpa_ready_onnx(model.path)
+    rewritten = verifier_ready_onnx(model.path)
     ops = [n.op_type for n in rewritten.graph.node]
     assert "Div" not in ops and "Identity" not in ops
     path = tmp_path / "rewritten.onnx"

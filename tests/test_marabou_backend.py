@@ -104,3 +104,28 @@ def test_sweep_brackets_are_exact_and_contain_the_native_ones(model, samples):
             assert float(marabou.eps_hi[i] - marabou.eps_lo[i]) <= tol + 1e-12
         assert float(marabou.eps_lo[i]) >= float(native.eps_lo[i]) - tol
         assert float(marabou.eps_lo[i]) <= float(native.eps_hi[i])
+
+
+def test_zoo_models_with_normalize_are_read_and_decided(tmp_path):
+    """The zoo's first layer exports a broadcasting Sub/Div that Marabou 2.0's parser rejects; the backend reads
+    an equivalent rewrite (1x1 Conv) and its verdicts stay consistent with the native bound and PGD."""
+    from properties.onnx_export import export_onnx
+    from trainers.zoo import build_model
+
+    net = build_model("mlp", (1, 4, 4), 3, mean=[0.4], std=[0.3], seed=2, widths=(8, 8))
+    zoo = load_model(export_onnx(net, tmp_path / "zoo_mlp.onnx", (1, 4, 4)).path)
+    x = torch.rand((4, 1, 4, 4), generator=torch.Generator().manual_seed(3))
+    label = zoo.predict(x)
+    backend = get_backend("marabou")(zoo, "crown", attack=AttackConfig(steps=0, restarts=0),
+                                     options=BackendOptions(timeout=20))
+    backend.attack_first = False
+    native = get_backend("native")(zoo, "alpha-crown")
+    for eps in (0.01, 0.2):
+        spec = robustness_spec(x, label, eps, 3)
+        verified = backend.verify(spec).verified
+        falsified = backend.falsify(spec, x).falsified
+        assert not bool((verified & falsified).any())
+        assert not bool((native.verify(spec).verified & ~verified).any())
+        strong = pgd_attack(zoo.graph, spec, steps=60, restarts=3, seed=7)
+        assert not bool((zoo.confirm(spec, strong.x_adv, strong.found) & verified).any())
+    assert backend.n_solves > 0

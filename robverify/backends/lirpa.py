@@ -2,13 +2,10 @@
 
 The model's ONNX file is converted to torch by onnx2torch (or a live zoo module is used) and wrapped once in
 an auto_LiRPA ``BoundedModule``; each batch of specs is bounded with its per-sample boxes
-(``PerturbationLpNorm(norm=inf, x_L, x_U)``) and margin matrix ``C``. Before conversion two ONNX patterns that
-auto_LiRPA 0.3 cannot bound are rewritten into equivalent ones (checked against onnxruntime):
-
-* ``Identity`` nodes that forward an initializer (torch's exporter writes them for BatchNorm statistics) are
-  removed, so onnx2torch builds an ``nn.BatchNorm`` with parameters;
-* per-channel ``Sub`` / ``Div`` / ``Mul`` / ``Add`` by a constant applied to the image input (the zoo's
-  ``Normalize``) become depthwise 1x1 ``Conv`` nodes, which auto_LiRPA's patches mode handles.
+(``PerturbationLpNorm(norm=inf, x_L, x_U)``) and margin matrix ``C``. Before conversion the ONNX patterns that
+auto_LiRPA 0.3 cannot bound are rewritten into equivalent ones (:mod:`robverify.onnx_rewrite`: initializer
+``Identity`` nodes dropped so onnx2torch builds an ``nn.BatchNorm`` with parameters, the zoo's ``Normalize`` as a
+1x1 ``Conv``); the converted network is checked against onnxruntime.
 
 Methods map to auto_LiRPA's: ``ibp`` -> IBP, ``crown-ibp`` -> CROWN-IBP, ``crown`` -> CROWN (backward),
 ``alpha-crown`` -> alpha-CROWN (20 Adam steps, learning rate 0.5, as the native engine). auto_LiRPA folds ``C``
@@ -23,7 +20,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -31,6 +27,7 @@ from robverify.backends.base import AttackConfig, Backend, BackendOptions
 from robverify.backends.lirpa_compat import import_auto_lirpa
 from robverify.errors import RobverifyError
 from robverify.model import LoadedModel
+from robverify.onnx_rewrite import verifier_ready_onnx
 from robverify.spec import Method, Spec
 
 #: robverify method -> auto_LiRPA ``compute_bounds(method=...)``
@@ -42,89 +39,6 @@ LIRPA_METHODS: dict[Method, str] = {
 }
 #: samples per auto_LiRPA call for the methods whose memory grows with intermediate CROWN bounds
 CROWN_CHUNK = 32
-_AFFINE_OPS = ("Sub", "Div", "Mul", "Add")
-
-
-def _initializers(model: Any) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-
-
-def _drop_initializer_identities(model: Any) -> None:
-    """Remove ``Identity`` nodes whose input is an initializer, pointing their consumers at it."""
-    inits = {init.name for init in model.graph.initializer}
-    outputs = {o.name for o in model.graph.output}
-    alias: dict[str, str] = {}
-    keep = []
-    for node in model.graph.node:
-        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
-            alias[node.output[0]] = node.input[0]
-        else:
-            keep.append(node)
-    for node in keep:
-        for i, name in enumerate(node.input):
-            if name in alias:
-                node.input[i] = alias[name]
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-
-
-def _per_channel(const: np.ndarray, channels: int) -> bool:
-    """``const`` broadcasts against ``[N, C, H, W]`` as one value per channel (or one for all)."""
-    if const.size == 1:
-        return True
-    shape = (1,) * max(0, 4 - const.ndim) + const.shape
-    return len(shape) == 4 and shape[0] == 1 and shape[1] == channels and shape[2:] == (1, 1)
-
-
-def _channel_affine_to_conv(model: Any) -> None:
-    """Rewrite per-channel affine ops by constants on the 4-D input into depthwise 1x1 ``Conv`` nodes."""
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[1] <= 0:
-        return
-    channels = dims[1]
-    inits = _initializers(model)
-    on_input = {graph.input[0].name}  # tensors shaped like the input, reached by rewritten ops only
-    nodes = []
-    for k, node in enumerate(graph.node):
-        if node.op_type in _AFFINE_OPS and len(node.input) == 2 and node.input[0] in on_input \
-                and node.input[1] in inits:
-            const = inits[node.input[1]].astype(np.float64)
-            if _per_channel(const, channels):
-                c = np.broadcast_to(const.reshape(-1), (channels,))
-                if node.op_type == "Div" and (c == 0).any():
-                    nodes.append(node)
-                    continue
-                scale = {"Sub": np.ones(channels), "Add": np.ones(channels), "Mul": c, "Div": 1.0 / c}[node.op_type]
-                bias = {"Sub": -c, "Add": c, "Mul": np.zeros(channels), "Div": np.zeros(channels)}[node.op_type]
-                w_name, b_name = f"robverify_affine_w{k}", f"robverify_affine_b{k}"
-                graph.initializer.append(numpy_helper.from_array(
-                    scale.reshape(channels, 1, 1, 1).astype(np.float32), w_name))
-                graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), b_name))
-                nodes.append(helper.make_node("Conv", [node.input[0], w_name, b_name], list(node.output),
-                                              name=f"robverify_affine{k}", group=channels, kernel_shape=[1, 1]))
-                on_input.add(node.output[0])
-                continue
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-
-def lirpa_ready_onnx(path: Path) -> Any:
-    """The ONNX model at ``path`` with the rewrites auto_LiRPA 0.3 needs (see the module docstring)."""
-    import onnx
-
-    model = onnx.load(str(path))
-    _drop_initializer_identities(model)
-    _channel_affine_to_conv(model)
-    onnx.checker.check_model(model)
-    return model
-
-
 class _ChannelAffine(nn.Module):
     """The zoo's ``Normalize`` as a depthwise 1x1 convolution: ``[N, C, H, W] -> [N, C, H, W]``."""
 
@@ -161,7 +75,7 @@ def to_torch(source: Path | nn.Module, input_shape: tuple[int, ...]) -> nn.Modul
     except ImportError:
         raise RobverifyError("onnx2torch is not installed: pip install onnx2torch (--backend lirpa needs it)") from None
     try:
-        return onnx2torch.convert(lirpa_ready_onnx(Path(source))).eval()
+        return onnx2torch.convert(verifier_ready_onnx(Path(source))).eval()
     except (NotImplementedError, KeyError, ValueError, RuntimeError) as exc:
         raise RobverifyError(f"onnx2torch cannot convert {source}: {exc}") from None
 

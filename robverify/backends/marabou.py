@@ -22,6 +22,7 @@ from robverify.backends.base import AttackConfig, BackendOptions, CompleteBacken
 from robverify.bounds import compute_bounds
 from robverify.errors import RobverifyError
 from robverify.model import LoadedModel
+from robverify.onnx_rewrite import write_verifier_ready_onnx
 from robverify.spec import Method, Spec, Verdict
 
 #: relative size of the box around an unconfirmed Marabou witness that PGD searches
@@ -69,11 +70,16 @@ class MarabouBackend(CompleteBackend):
                  attack: AttackConfig | None = None, options: BackendOptions | None = None) -> None:
         super().__init__(model, method, batch_size=batch_size, attack=attack, options=options)
         self._marabou = import_marabou()
+        ready = write_verifier_ready_onnx(model.path)  # Marabou's parser rejects the zoo's broadcasting Sub/Div
         try:
-            with quiet_stdout():
-                self.network = self._marabou.read_onnx(str(model.path))
-        except Exception as exc:  # the ONNX parser raises bare exceptions for operators it lacks
-            raise RobverifyError(f"Marabou cannot read {model.path}: {type(exc).__name__}: {exc}") from None
+            try:
+                with quiet_stdout():
+                    self.network = self._marabou.read_onnx(str(ready))
+            except Exception as exc:  # the ONNX parser raises bare exceptions for operators it lacks
+                raise RobverifyError(f"Marabou cannot read {model.path}: {type(exc).__name__}: {exc}") from None
+            self._check_parity()  # evaluates the file Marabou read
+        finally:
+            ready.unlink(missing_ok=True)
         self.input_vars = [int(v) for v in self.network.inputVars[0].reshape(-1)]
         self.output_vars = [int(v) for v in self.network.outputVars[0].reshape(-1)]
         n_in, n_out = math.prod(model.graph.input_shape), model.graph.n_outputs
@@ -84,6 +90,20 @@ class MarabouBackend(CompleteBackend):
         self._base = (dict(self.network.lowerBounds), dict(self.network.upperBounds),
                       list(self.network.additionalEquList))
         self.n_solves = 0
+
+    def _check_parity(self, n: int = 4, tol: float = 1e-4) -> None:
+        """The rewritten graph Marabou parsed (evaluated by maraboupy through onnxruntime) must compute what the
+        original model computes on a few random inputs."""
+        gen = torch.Generator().manual_seed(0)
+        shape = self.model.graph.input_shape
+        x = torch.rand((n, *shape), generator=gen).numpy()
+        ref = self.model.runtime.logits(x).reshape(n, -1).astype("float64")
+        with quiet_stdout():
+            ours = [self.network.evaluateWithoutMarabou([x[i:i + 1]])[0].reshape(-1) for i in range(n)]
+        diff = max(float(abs(o - r).max()) for o, r in zip(ours, ref))
+        if not diff <= tol * (1.0 + float(abs(ref).max())):
+            raise RobverifyError(f"Marabou's reading of {self.model.path} differs from onnxruntime "
+                                 f"(max |diff| {diff:.3g}); --backend marabou cannot verify it")
 
     def _reset(self) -> None:
         lower, upper, extra = self._base
