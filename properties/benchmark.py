@@ -2,7 +2,7 @@
 
 Layout (what a tool's ``run_instance.sh`` consumes unchanged)::
 
-    OUT/onnx/<model>.onnx         the model, copied byte for byte
+    OUT/onnx/<model>.onnx         the model, rewritten for verifiers with narrow operator support (below)
     OUT/vnnlib/<model>_s<sample>_eps<eps>[_t<target>].vnnlib
     OUT/instances.csv             onnx path, vnnlib path, timeout (paths relative to OUT, no header)
     OUT/README.md                 how the instances were chosen
@@ -10,12 +10,16 @@ Layout (what a tool's ``run_instance.sh`` consumes unchanged)::
 Instances are the first ``n`` correctly classified samples (by onnxruntime) in the order given (the task's
 seeded permutation), one property per sample and eps: untargeted (one2any) or, with ``targeted``, one
 one2one property per other class.
+
+The model is written through :func:`robverify.onnx_rewrite.verifier_ready_onnx` (the zoo's ``Normalize`` as a
+1x1 ``Conv``: Marabou 2.0 rejects its broadcasting ``Sub``/``Div``), after onnxruntime checks that the written
+file computes what the original does; the README gives both hashes and the largest difference seen.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +30,8 @@ from torch import Tensor
 from properties.vnnlib import _atomic_write, write_robustness_vnnlib
 from robverify.errors import RobverifyError
 from robverify.model import LoadedModel
+from robverify.onnx_rewrite import write_verifier_ready_onnx
+from robverify.runtime import OnnxRuntimeModel
 
 __all__ = ["BenchmarkInstance", "export_benchmark", "read_instances"]
 
@@ -71,7 +77,7 @@ def export_benchmark(model: LoadedModel, x: Tensor, label: Tensor, sample_id: Te
     chosen = (pred == label).nonzero().squeeze(1)[:n]
     onnx_rel = f"onnx/{model.name}.onnx"
     (out / "onnx").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model.path, out / onnx_rel)
+    parity = _write_model(model, out / onnx_rel)
     instances: list[BenchmarkInstance] = []
     for i in chosen.tolist():
         sid, lab = int(sample_id[i]), int(label[i])
@@ -83,12 +89,27 @@ def export_benchmark(model: LoadedModel, x: Tensor, label: Tensor, sample_id: Te
                                         target=t, comment=f"task {task}, sample {sid} (seed {seed})")
                 instances.append(BenchmarkInstance(onnx_rel, f"vnnlib/{name}", float(timeout), sid, lab, float(e), t))
     _atomic_write(out / "instances.csv", "".join(f"{r.onnx},{r.vnnlib},{r.timeout:g}\n" for r in instances))
-    _atomic_write(out / "README.md", _readme(model, instances, x.shape[0], chosen.numel(), n, eps, targeted,
-                                             timeout, domain, task, seed))
+    _atomic_write(out / "README.md", _readme(model, out / onnx_rel, parity, instances, x.shape[0], chosen.numel(), n,
+                                             eps, targeted, timeout, domain, task, seed))
     return instances
 
 
-def _readme(model: LoadedModel, instances: list[BenchmarkInstance], pool: int, n_chosen: int, n: int,
+def _write_model(model: LoadedModel, path: Path, n: int = 64) -> float:
+    """Write the verifier-ready rewrite of ``model`` to ``path``; returns the largest output difference onnxruntime
+    sees between it and the original on ``n`` seeded random inputs (RobverifyError beyond float32 rounding)."""
+    write_verifier_ready_onnx(model.path, path)
+    x = np.random.default_rng(0).random((n, *model.graph.input_shape)).astype(np.float32)
+    ref = model.runtime.logits(x)
+    diff = float(np.abs(OnnxRuntimeModel(path, model.graph.input_shape, model.runtime.dynamic_batch).logits(x)
+                        - ref).max())
+    if not diff <= 1e-5 * (1.0 + float(np.abs(ref).max())):
+        path.unlink(missing_ok=True)
+        raise RobverifyError(f"the rewritten {model.path.name} differs from the original by {diff:.3g}; not exported")
+    return diff
+
+
+def _readme(model: LoadedModel, written: Path, parity: float, instances: list[BenchmarkInstance], pool: int,
+            n_chosen: int, n: int,
             eps: Sequence[float], targeted: bool, timeout: float, domain: tuple[float, float], task: str,
             seed: int) -> str:
     samples = list(dict.fromkeys((r.sample_id, r.label) for r in instances))
@@ -99,7 +120,9 @@ def _readme(model: LoadedModel, instances: list[BenchmarkInstance], pool: int, n
         "",
         "Written by `robverify export-vnnlib`.",
         "",
-        f"- Model: `onnx/{model.name}.onnx` (sha256 `{model.sha256}`).",
+        f"- Model: `onnx/{model.name}.onnx` (sha256 `{hashlib.sha256(written.read_bytes()).hexdigest()}`): the "
+        f"original (sha256 `{model.sha256}`) with per-channel input normalisation as a 1x1 Conv for verifiers that "
+        f"lack broadcasting Sub/Div (onnxruntime: outputs within {parity:.1e} of the original's).",
         f"- Task: `{task}`; samples in the order of the task's test set permuted with seed {seed}.",
         f"- Chosen: the first {n_chosen} samples that onnxruntime classifies correctly (asked for {n}, "
         f"{pool} candidates looked at).",

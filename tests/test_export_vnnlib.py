@@ -43,6 +43,19 @@ def digits_model(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def zoo_digits_model(tmp_path_factory) -> Path:
+    """A zoo MLP (Normalize first: broadcasting Sub/Div in ONNX) of the same size, trained the same way."""
+    from trainers.zoo import build_model
+
+    data = load_task(TASK)
+    model = build_model("mlp", data.input_shape, 4, mean=[0.3], std=[0.4], seed=0, widths=(16, 8))
+    train_standard(model, data.x_train, data.y_train, epochs=15, lr=3e-3, seed=0)
+    out = tmp_path_factory.mktemp("zoo") / "zoo_digits.onnx"
+    export_onnx(model.eval(), out, data.input_shape)
+    return out
+
+
 def _export(model: Path, out: Path, *extra: str) -> None:
     result = CliRunner().invoke(app, ["export-vnnlib", str(model), "--task", TASK, "--out", str(out), *extra])
     assert result.exception is None, result.exception
@@ -139,6 +152,13 @@ def _consistency(digits_model: Path, tmp_path: Path, n: int, eps: list[str]) -> 
 
 def test_exported_instances_agree_with_marabous_cli(digits_model, tmp_path):
     _consistency(digits_model, tmp_path, 1, ["0.02", "0.1"])
+
+
+def test_exported_zoo_model_is_read_by_marabous_cli(zoo_digits_model, tmp_path):
+    """The export rewrites the zoo's Normalize (which Marabou's parser rejects) into a 1x1 Conv it reads."""
+    _consistency(zoo_digits_model, tmp_path, 1, ["0.02", "0.1"])
+    readme = (tmp_path / "u" / "README.md").read_text()
+    assert "1x1 Conv" in readme and load_model(zoo_digits_model).sha256 in readme
 
 
 @pytest.mark.slow
