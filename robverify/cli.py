@@ -288,8 +288,8 @@ def run(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder of the demo's outputs.")] = Path("demo-out"),
 ) -> None:
-    """The embedded default study (examples/demo_study.toml): a robust source on mnist5k[0-4] transferred to four
-    targets with four strategies, every model swept, then the strategies report."""
+    """The embedded default study (examples/demo_study.toml): a CROWN-IBP-trained source on mnist5k[0-4]
+    transferred to four targets with five strategies, every model swept, then the strategies report."""
     from robverify.study import DEMO_STUDY, parse_study, run_study
 
     study = parse_study(DEMO_STUDY, Path("<embedded demo study>"))
