@@ -36,8 +36,8 @@ def _current_rss_gb() -> float:
 def _bound_child(kind: str, model_path: str, spec, queue) -> None:
     """Bound ``spec`` in this child process; send back ``(rows [B, S], seconds, peak RSS growth GB)``."""
     from robverify.backends.lirpa import CROWN_CHUNK, build_bounded_module, lirpa_rows
-    from robverify.bounds import BoundOptions, compute_bounds
-    from robverify.model import load_model
+    from robverify.engine.bounds import BoundOptions, compute_bounds
+    from robverify.ir.model import load_model
 
     model = load_model(model_path)
     base = _current_rss_gb()
@@ -75,17 +75,17 @@ def main() -> None:
 
     from bench_model import bench_cnn_small
     from robverify.backends import AttackConfig, BackendOptions, get_backend
-    from robverify.jobs import Samples, run_sweep
-    from robverify.results import RunDir
-    from robverify.search import parse_grid
+    from robverify.runs.jobs import Samples, run_sweep
+    from robverify.runs.rundir import RunDir
+    from robverify.runs.sweep import SweepSettings, parse_grid
     from robverify.spec import robustness_spec
-    from robverify.verona_job import run_verona_sweep
+    from robverify.runs.verona_search import run_verona_sweep
     from trainers.tasks import sample_test
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data, path = bench_cnn_small(tmp)
-        from robverify.model import load_model
+        from robverify.ir.model import load_model
 
         model = load_model(path)
         x, y, sid = sample_test(data, max(args.samples, args.dist_samples), seed=0)
@@ -119,7 +119,8 @@ def main() -> None:
         attack = AttackConfig(seed=0)
         start = time.perf_counter()
         run = RunDir.open(tmp / "native", "sweep-epsilon", {}, {}, ["sample_id"])
-        table_native = run_sweep(run, get_backend("native")(model, "crown", attack=attack), samples, grid=grid)
+        table_native = run_sweep(run, get_backend("native")(model, "crown", attack=attack), samples,
+                                 SweepSettings(grid=grid))
         t_native = time.perf_counter() - start
         start = time.perf_counter()
         run = RunDir.open(tmp / "verona", "sweep-epsilon", {}, {}, ["sample_id"])

@@ -31,9 +31,9 @@ def main() -> None:
 
     from bench_model import bench_cnn_small
     from robverify.backends.native import NativeBackend
-    from robverify.bounds import compute_bounds
-    from robverify.model import load_model
-    from robverify.search import critical_epsilon
+    from robverify.engine.bounds import compute_bounds
+    from robverify.ir.model import load_model
+    from robverify.runs.search import critical_epsilon
     from robverify.spec import robustness_spec
     from trainers.tasks import sample_test
 

@@ -2,7 +2,7 @@
 
 Trains a robust source (cnn-small, ``--method`` at ``--eps``), transfers it with every strategy for the same number
 of epochs, and prints one row per model from its model card (the test split of the target task, 500 samples;
-certified = CROWN on robverify's engine at the training eps; PGD = robverify.attacks.pgd_attack, 40 steps,
+certified = CROWN on robverify's engine at the training eps; PGD = robverify.engine.attacks.pgd_attack, 40 steps,
 2 restarts). ``bn-adapt`` needs BatchNorm, so it runs from a second source, cnn-bn, trained the same way.
 Reruns reuse finished models (checkpoints under ``--out``).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from robverify.model_card import ModelCard
+from robverify.formats.model_card import ModelCard
 from trainers.evaluate import certified_accuracy
 from trainers.pipeline import load_source, train_source, transfer_model
 from trainers.strategies import STRATEGIES

@@ -24,10 +24,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from properties.answer import answer_instance  # noqa: E402
-from properties.vnnlib import read_vnnlib  # noqa: E402
-from robverify.model import load_model  # noqa: E402
-from robverify.vnncomp import Result, format_result, parse_result  # noqa: E402
+from robverify.engine.answer import answer_instance  # noqa: E402
+from robverify.formats.vnnlib_read import read_vnnlib  # noqa: E402
+from robverify.ir.model import load_model  # noqa: E402
+from robverify.formats.vnncomp_result import Result, format_result, parse_result  # noqa: E402
 
 
 def _instances(root: Path, only: str | None) -> list[tuple[str, Path, Path, float]]:

@@ -11,7 +11,7 @@ Instances are the first ``n`` correctly classified samples (by onnxruntime) in t
 seeded permutation), one property per sample and eps: untargeted (one2any) or, with ``targeted``, one
 one2one property per other class.
 
-The model is written through :func:`robverify.onnx_rewrite.verifier_ready_onnx` (the zoo's ``Normalize`` as a
+The model is written through :func:`robverify.ir.rewrite.verifier_ready_onnx` (the zoo's ``Normalize`` as a
 1x1 ``Conv``: Marabou 2.0 rejects its broadcasting ``Sub``/``Div``), after onnxruntime checks that the written
 file computes what the original does; the README gives both hashes and the largest difference seen.
 """
@@ -27,11 +27,12 @@ from typing import Sequence
 import numpy as np
 from torch import Tensor
 
-from properties.vnnlib import _atomic_write, write_robustness_vnnlib
+from robverify.files import atomic_write_text
+from robverify.formats.vnnlib_write import write_robustness_vnnlib
 from robverify.errors import RobverifyError
-from robverify.model import LoadedModel
-from robverify.onnx_rewrite import write_verifier_ready_onnx
-from robverify.runtime import OnnxRuntimeModel
+from robverify.ir.model import LoadedModel
+from robverify.ir.rewrite import write_verifier_ready_onnx
+from robverify.ir.runtime import OnnxRuntimeModel
 
 __all__ = ["BenchmarkInstance", "export_benchmark", "read_instances"]
 
@@ -88,8 +89,8 @@ def export_benchmark(model: LoadedModel, x: Tensor, label: Tensor, sample_id: Te
                 write_robustness_vnnlib(out / "vnnlib" / name, x[i], lab, float(e), n_classes, domain=domain,
                                         target=t, comment=f"task {task}, sample {sid} (seed {seed})")
                 instances.append(BenchmarkInstance(onnx_rel, f"vnnlib/{name}", float(timeout), sid, lab, float(e), t))
-    _atomic_write(out / "instances.csv", "".join(f"{r.onnx},{r.vnnlib},{r.timeout:g}\n" for r in instances))
-    _atomic_write(out / "README.md", _readme(model, out / onnx_rel, parity, instances, x.shape[0], chosen.numel(), n,
+    atomic_write_text(out / "instances.csv", "".join(f"{r.onnx},{r.vnnlib},{r.timeout:g}\n" for r in instances))
+    atomic_write_text(out / "README.md", _readme(model, out / onnx_rel, parity, instances, x.shape[0], chosen.numel(), n,
                                              eps, targeted, timeout, domain, task, seed))
     return instances
 

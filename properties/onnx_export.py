@@ -1,7 +1,7 @@
 """Export a torch classifier to ONNX and prove the file computes what the model computes.
 
 :func:`export_onnx` writes ``<stem>.onnx`` (opset :data:`OPSET`, input ``input``, output ``logits``, dynamic
-batch dimension), ``<stem>.pt`` (the ``state_dict``) and, given a :class:`~robverify.model_card.ModelCard`,
+batch dimension), ``<stem>.pt`` (the ``state_dict``) and, given a :class:`~robverify.formats.model_card.ModelCard`,
 ``<stem>.json``. Before anything is put in place it checks the ONNX model (``onnx.checker``) and compares
 onnxruntime with torch on seeded random inputs in ``[0, 1]`` (batch sizes ``n_parity``, 1 and 7); a
 difference above ``tol`` is an error and leaves no files behind. Files are written under temporary names in
@@ -11,7 +11,6 @@ the target directory and renamed into place (``os.replace``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import os
 import tempfile
@@ -24,7 +23,8 @@ import torch
 from torch import nn
 
 from robverify.errors import RobverifyError
-from robverify.model_card import ModelCard, card_path_for
+from robverify.files import atomic_write, file_sha256
+from robverify.formats.model_card import ModelCard, card_path_for
 
 __all__ = ["OPSET", "ExportReport", "export_onnx", "onnx_sha256"]
 
@@ -49,14 +49,7 @@ class ExportReport:
 
 def onnx_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes (the model identity used in cards and run records)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise RobverifyError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _check_args(path: Path, input_shape: tuple[int, ...], n_parity: int, tol: float) -> tuple[int, ...]:
@@ -181,17 +174,14 @@ def export_onnx(
         sha = onnx_sha256(onnx_tmp)
 
         pt_path = path.with_name(f"{path.stem}.pt")
-        pt_tmp = _temp_file(directory, pt_path.name)
-        temps.append(pt_tmp)
-        torch.save(net.state_dict(), pt_tmp)
-
         card_path = None
         if card is not None:
             card.onnx_sha256, card.opset, card.parity_max_abs_diff = sha, OPSET, max_diff
             card.to_dict()  # validate before anything is put in place
             card_path = card_path_for(path)
-        os.replace(onnx_tmp, path)
-        os.replace(pt_tmp, pt_path)
+        onnx_bytes = onnx_tmp.read_bytes()
+        atomic_write(path, lambda handle: handle.write(onnx_bytes))
+        atomic_write(pt_path, lambda handle: torch.save(net.state_dict(), handle))
         if card is not None:
             card.to_json(card_path)
     except OSError as exc:

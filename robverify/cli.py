@@ -36,13 +36,6 @@ TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", help="Seconds per query of complete verifiers (marabou, external, verona).")]
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=False)
-
-
 @app.command()
 def certify(
     model: Annotated[Path, typer.Argument(help="ONNX model.")],
@@ -53,19 +46,11 @@ def certify(
     timeout: TimeoutOpt = None,
 ) -> None:
     """Verdict per sample at each eps, with clean / PGD / certified accuracy."""
-    from robverify.commands import backend_options, check_eps, prepare
-    from robverify.jobs import run_certify
-    from robverify.spec import Method
+    from robverify.app.commands import backend_options, certify as run_certify
 
-    check_eps(eps)
-    method = Method.parse(method).value
-    prep = prepare("certify", ["sample_id", "eps"], model, task=task, n=n, seed=seed, data_root=data_root,
-                   device=device, method=method, backend=backend, out=out, batch_size=batch_size,
-                   options=backend_options(verifier, verifier_cmd, timeout), settings=dict(eps=sorted(eps)))
-    with _progress() as bar:
-        job = bar.add_task(f"certify {prep.loaded.name} ({method})", total=n)
-        bar.update(job, completed=prep.done)
-        table = run_certify(prep.run, prep.engine, prep.samples, eps, progress=lambda k: bar.advance(job, k))
+    prep, table = run_certify(model, eps=eps, task=task, n=n, method=method, backend=backend, out=out, seed=seed,
+                              device=device, data_root=data_root, batch_size=batch_size,
+                              options=backend_options(verifier, verifier_cmd, timeout), console=err_console)
     out = prep.out
     summary = table.groupby("eps").agg(
         clean_acc=("verdict", lambda v: float((v != "misclassified").mean())),
@@ -88,17 +73,13 @@ def sweep_epsilon(
     timeout: TimeoutOpt = None,
 ) -> None:
     """The robustness distribution: per-sample brackets (eps_lo, eps_hi), ECDF and certified-accuracy plots."""
-    from robverify.commands import backend_options, prepare_sweep, run_sweep_job
-    from robverify.search import parse_grid
+    from robverify.app.commands import backend_options, sweep_epsilon as run_sweep
+    from robverify.runs.sweep import SweepSettings
 
-    grid_values = parse_grid(grid) if grid else None
-    prep = prepare_sweep(model, task=task, n=n, method=method, backend=backend, tol=tol, grid=grid_values,
-                         eps_max=eps_max, out=out, seed=seed, device=device, data_root=data_root,
-                         batch_size=batch_size, options=backend_options(verifier, verifier_cmd, timeout))
-    with _progress() as bar:
-        job = bar.add_task(f"sweep {prep.loaded.name} ({prep.engine.method.value})", total=n)
-        bar.update(job, completed=prep.done)
-        table = run_sweep_job(prep, tol=tol, grid=grid_values, eps_max=eps_max, progress=lambda k: bar.advance(job, k))
+    prep, table = run_sweep(model, settings=SweepSettings.parse(tol, grid, eps_max), task=task, n=n, method=method,
+                            backend=backend, out=out, seed=seed, device=device, data_root=data_root,
+                            batch_size=batch_size, options=backend_options(verifier, verifier_cmd, timeout),
+                            console=err_console)
     out = prep.out
     correct = table[table["status"] != "misclassified"]
     console.print(f"{len(table)} samples, {len(correct)} correctly classified; "
@@ -121,7 +102,7 @@ def train(
     seed: SeedOpt = 0, data_root: DataRootOpt = None, device: DeviceOpt = "cpu",
 ) -> None:
     """Train a source model and export it (ONNX with parity check, state dict, model card); resumes if interrupted."""
-    from robverify.model_card import ModelCard, card_path_for
+    from robverify.formats.model_card import ModelCard, card_path_for
 
     path = train_and_export(task, arch, method, eps, epochs, out, seed, data_root, device=device, lr=lr,
                             batch_size=train_batch, trades_beta=trades_beta)
@@ -162,7 +143,7 @@ def transfer(
     seed: SeedOpt = 0, data_root: DataRootOpt = None, device: DeviceOpt = "cpu",
 ) -> None:
     """Transfer a source model to a target task with a strategy and export it with its model card."""
-    from robverify.model_card import ModelCard, card_path_for
+    from robverify.formats.model_card import ModelCard, card_path_for
     from trainers.pipeline import transfer_model
 
     path = transfer_model(source, task, strategy, out, blocks=blocks, epochs=epochs, seed=seed, data_root=data_root,
@@ -188,8 +169,8 @@ def export_vnnlib(
 ) -> None:
     """Write a VNN-COMP benchmark (onnx/, vnnlib/, instances.csv) of the first N correctly classified samples."""
     from properties.benchmark import export_benchmark
-    from robverify.commands import check_eps, load_samples, task_for
-    from robverify.model import load_model
+    from robverify.app.commands import check_eps, load_samples, task_for
+    from robverify.ir.model import load_model
     from trainers.tasks import load_task
 
     check_eps(eps)
@@ -225,7 +206,7 @@ def verify(
 
     start = time.perf_counter()
     from robverify.spec import Method
-    from robverify.vnncomp import Result, format_result
+    from robverify.formats.vnncomp_result import Result, format_result
 
     def emit(text: str) -> None:
         sys.stdout.write(text)
@@ -238,8 +219,8 @@ def verify(
         if not (math.isfinite(timeout) and timeout > 0):
             raise RobverifyError(f"--timeout must be a finite number > 0, got {timeout}")
         chosen = Method.parse(method)
-        from properties.answer import answer_instance
-        from robverify.model import load_model
+        from robverify.engine.answer import answer_instance
+        from robverify.ir.model import load_model
 
         loaded = load_model(model)
         answer = answer_instance(loaded, prop, timeout=timeout, method=chosen, seed=seed, start=start)
@@ -278,7 +259,7 @@ def run(
                                                 "relative to the study file.")] = None,
 ) -> None:
     """Run a whole study: source training, transfers, sweeps and the strategies report; finished steps are skipped."""
-    from robverify.study import load_study, run_study
+    from robverify.app.study import load_study, run_study
 
     for line in run_study(load_study(study), out, console=err_console).outcome():
         console.print(line, highlight=False, soft_wrap=True)
@@ -290,7 +271,7 @@ def demo(
 ) -> None:
     """The embedded default study (examples/demo_study.toml): a CROWN-IBP-trained source on mnist5k[0-4]
     transferred to four targets with five strategies, every model swept, then the strategies report."""
-    from robverify.study import DEMO_STUDY, parse_study, run_study
+    from robverify.app.study import DEMO_STUDY, parse_study, run_study
 
     study = parse_study(DEMO_STUDY, Path("<embedded demo study>"))
     for line in run_study(study, out, console=err_console).outcome():
@@ -305,9 +286,9 @@ def import_verona(
     task: Annotated[Optional[str], typer.Option("--task", help="Task the samples come from.")] = None,
 ) -> None:
     """Turn a VERONA result_df.csv into a robverify run directory that `compare` reads."""
-    from robverify.results import import_verona_run
+    from robverify.app.commands import import_verona as run_import
 
-    table = import_verona_run(result_df, out, model=model, task=task)
+    table = run_import(result_df, out, model=model, task=task)
     console.print(f"{len(table)} samples from {result_df}; results: {out / 'results.parquet'}")
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from robverify.enums import parse_enum
 from robverify.errors import RobverifyError
 
 
@@ -44,13 +45,7 @@ class Method(str, enum.Enum):
     @classmethod
     def parse(cls, value: "str | Method") -> "Method":
         """Coerce a user string, with an ``expected X, got Y`` error."""
-        if isinstance(value, Method):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            names = ", ".join(m.value for m in cls)
-            raise RobverifyError(f"unknown method: expected one of {names}, got {value!r}") from None
+        return parse_enum(cls, value, "method")
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from properties.onnx_export import export_onnx
-from robverify.attacks import pgd_attack
-from robverify.graph import Graph
-from robverify.modules import Residual
+from robverify.engine.attacks import pgd_attack
+from robverify.ir.graph import Graph
+from robverify.ir.blocks import Residual
 from robverify.spec import Spec
 
 N_CLASSES = 3

@@ -1,4 +1,4 @@
-"""Soundness and oracle tests of the bound engine (:func:`robverify.bounds.compute_bounds`).
+"""Soundness and oracle tests of the bound engine (:func:`robverify.engine.bounds.compute_bounds`).
 
 Oracles, from cheapest to strongest:
 * dense sampling of each input box (uniform points, random vertices, every vertex for tiny inputs) and PGD on
@@ -25,12 +25,12 @@ from helpers import (  # noqa: F401 (single_thread: an autouse fixture)
     N_CLASSES, NET_KINDS, NET_SHAPES, linear_classifier, negated, random_boxes, relu_mlp, row_range,
     single_thread, tiny_net, to_onnx,
 )
-from robverify.attacks import pgd_attack
-from robverify.bounds import BoundOptions, compute_bounds
-from robverify.graph import Graph
-from robverify.model import load_model
-from robverify.module_import import from_module
-from robverify.onnx_import import from_onnx
+from robverify.engine.attacks import pgd_attack
+from robverify.engine.bounds import BoundOptions, compute_bounds
+from robverify.ir.graph import Graph
+from robverify.ir.model import load_model
+from robverify.ir.from_module import from_module
+from robverify.ir.from_onnx import from_onnx
 from robverify.spec import Method, Spec, robustness_spec
 
 METHODS = tuple(Method)  # ibp, crown-ibp, crown, alpha-crown: cheapest (loosest) first
@@ -287,7 +287,7 @@ def test_linear_classifier_critical_epsilon_matches_closed_form(tmp_path, seed, 
     classes PGD may settle at the vertex of the wrong class: a gap, not an error). The status says whether the
     bracket is within ``tol``."""
     from robverify.backends.native import NativeBackend
-    from robverify.search import critical_epsilon
+    from robverify.runs.search import critical_epsilon
 
     net = linear_classifier(seed + 10, n_in=5, n_classes=n_classes)
     model = load_model(to_onnx(net, tmp_path / "linear.onnx", (5,)))
@@ -342,7 +342,7 @@ def _marabou_robustness(onnx_path: Path, directory: Path, x: Tensor, label: int,
     that satisfies neither (outputs ``[0.065, -0.092, 0.036]`` for label 0: a 4-8-8-3 ReLU MLP, torch seed 0,
     eps 0.1; the CLI answers the same). Single-constraint queries have been reliable.
     """
-    from properties.vnnlib import write_robustness_vnnlib
+    from robverify.formats.vnnlib_write import write_robustness_vnnlib
 
     answers, witnesses = [], []
     for target in range(n_classes):
@@ -436,7 +436,7 @@ _VNNCOMP_GRAPHS: dict[str, Graph] = {}
 @pytest.mark.parametrize("onnx_name,vnnlib_name", _mnistfc_sat_params())
 def test_mnistfc_sat_instances_are_never_verified(vnncomp_dir, onnx_name, vnnlib_name):
     """The competition's tools found counterexamples: no sound method may prove these properties."""
-    from properties.vnnlib import read_vnnlib
+    from robverify.formats.vnnlib_read import read_vnnlib
 
     if onnx_name not in _VNNCOMP_GRAPHS:
         _VNNCOMP_GRAPHS[onnx_name] = from_onnx(vnncomp_dir / "mnistfc" / onnx_name)
@@ -454,8 +454,8 @@ def test_mnistfc_sat_instances_are_never_verified(vnncomp_dir, onnx_name, vnnlib
 def test_mnistfc_unsat_instances_are_partly_verified_and_never_attacked(vnncomp_dir):
     """The sat test above is not vacuous: CROWN proves most of the 256x2 network's unsat instances; and PGD
     never finds a confirmed counterexample where the competition's consensus is unsat."""
-    from properties.vnnlib import read_vnnlib
-    from robverify.runtime import OnnxRuntimeModel
+    from robverify.formats.vnnlib_read import read_vnnlib
+    from robverify.ir.runtime import OnnxRuntimeModel
 
     path = vnncomp_dir / "mnistfc" / "mnist-net_256x2.onnx"
     graph = from_onnx(path)
@@ -475,7 +475,7 @@ def test_mnistfc_sat_instances_exist(vnncomp_dir):
 
 
 def test_vnncomp_test_sat_instance_is_not_verified(vnncomp_dir):
-    from properties.vnnlib import read_vnnlib
+    from robverify.formats.vnnlib_read import read_vnnlib
 
     instances = _ground_truth("test", "sat")
     assert instances

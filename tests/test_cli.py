@@ -28,7 +28,7 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory) -> Path:
     """A small MLP trained on digits[0-4], exported with its model card."""
-    from robverify.model_card import ModelCard
+    from robverify.formats.model_card import ModelCard
     from trainers.zoo import arch_config
 
     torch.manual_seed(0)

@@ -8,10 +8,11 @@ import torch
 
 from helpers import single_thread, tiny_net, to_onnx  # noqa: F401 (single_thread: an autouse fixture)
 from robverify.backends.native import NativeBackend
-from robverify.bounds import compute_bounds
+from robverify.engine.bounds import compute_bounds
 from robverify.errors import RobverifyError
-from robverify.model import load_model, resolve_device
-from robverify.search import critical_epsilon
+from robverify.devices import resolve_device
+from robverify.ir.model import load_model
+from robverify.runs.search import critical_epsilon
 from robverify.spec import robustness_spec
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available here")

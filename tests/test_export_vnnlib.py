@@ -15,14 +15,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from properties.answer import answer_instance
+from robverify.engine.answer import answer_instance
 from properties.benchmark import export_benchmark, read_instances
 from properties.onnx_export import export_onnx
-from properties.vnnlib import read_vnnlib
+from robverify.formats.vnnlib_read import read_vnnlib
 from robverify.cli import app
 from robverify.errors import RobverifyError
-from robverify.model import load_model
-from robverify.vnncomp import Result
+from robverify.ir.model import load_model
+from robverify.formats.vnncomp_result import Result
 from trainers.tasks import load_task, sample_test
 from trainers.training import train_standard
 

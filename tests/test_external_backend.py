@@ -14,9 +14,9 @@ from helpers import relu_mlp, to_onnx
 from robverify.backends import BackendOptions, get_backend
 from robverify.backends.external import ExternalBackend
 from robverify.errors import RobverifyError
-from robverify.model import load_model
+from robverify.ir.model import load_model
 from robverify.spec import Verdict, robustness_spec
-from robverify.vnncomp import Result, format_result, parse_result
+from robverify.formats.vnncomp_result import Result, format_result, parse_result
 
 WIDTHS = (4, 8, 8, 3)
 

@@ -15,10 +15,10 @@ import torch
 from robverify.backends import AttackConfig, get_backend
 from robverify.backends import lirpa_compat
 from robverify.backends.native import NativeBackend
-from robverify.bounds import BoundOptions, compute_bounds
+from robverify.engine.bounds import BoundOptions, compute_bounds
 from robverify.errors import RobverifyError
-from robverify.model import load_model
-from robverify.search import critical_epsilon
+from robverify.ir.model import load_model
+from robverify.runs.search import critical_epsilon
 from robverify.spec import robustness_spec
 from tests.helpers import pgd_row_points, to_onnx
 from trainers.zoo import build_model
@@ -26,7 +26,7 @@ from trainers.zoo import build_model
 if lirpa_compat.installed_version() is None:  # installed by make install; one test below fakes its absence
     pytest.skip("auto_LiRPA is not installed", allow_module_level=True)
 from robverify.backends.lirpa import LirpaBackend, lirpa_rows  # noqa: E402
-from robverify.onnx_rewrite import verifier_ready_onnx  # noqa: E402
+from robverify.ir.rewrite import verifier_ready_onnx  # noqa: E402
 
 SHAPE = (1, 12, 12)
 N_CLASSES = 5

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from helpers import relu_mlp, to_onnx
-from robverify.attacks import pgd_attack
+from robverify.engine.attacks import pgd_attack
 from robverify.backends import AttackConfig, BackendOptions, get_backend
-from robverify.model import load_model
-from robverify.search import critical_epsilon
+from robverify.ir.model import load_model
+from robverify.runs.search import critical_epsilon
 from robverify.spec import Verdict, robustness_spec
 
 pytest.importorskip("maraboupy")

@@ -1,4 +1,4 @@
-"""Model card (robverify.model_card): exact JSON round trip, numbers as numbers, strict reading."""
+"""Model card (robverify.formats.model_card): exact JSON round trip, numbers as numbers, strict reading."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from robverify.errors import RobverifyError
-from robverify.model_card import ModelCard, card_path_for
+from robverify.formats.model_card import ModelCard, card_path_for
 
 
 def _card() -> ModelCard:
@@ -135,6 +135,6 @@ def test_card_path_for():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, robverify.model_card; print('torch' in sys.modules)"
+    code = "import sys, robverify.formats.model_card; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -15,7 +15,7 @@ from torch import nn
 
 from properties.onnx_export import OPSET, ExportReport, export_onnx, onnx_sha256
 from robverify.errors import RobverifyError
-from robverify.model_card import ModelCard, card_path_for
+from robverify.formats.model_card import ModelCard, card_path_for
 from trainers.zoo import arch_config, build_model
 
 # (arch, options, shapes where it makes sense)

@@ -1,5 +1,5 @@
-"""Loading networks into the graph IR (:func:`robverify.onnx_import.from_onnx`): third-party VNN-COMP files,
-every zoo architecture (compared with :func:`robverify.module_import.from_module` of the same model), and the
+"""Loading networks into the graph IR (:func:`robverify.ir.from_onnx.from_onnx`): third-party VNN-COMP files,
+every zoo architecture (compared with :func:`robverify.ir.from_module.from_module` of the same model), and the
 errors for files the IR cannot read."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from torch import nn
 
 from helpers import NET_KINDS, NET_SHAPES, random_boxes, single_thread, tiny_net, to_onnx  # noqa: F401 (fixture)
 from properties.onnx_export import export_onnx
-from robverify.bounds import compute_bounds
+from robverify.engine.bounds import compute_bounds
 from robverify.errors import RobverifyError
-from robverify.graph import Graph
-from robverify.model import load_model
-from robverify.module_import import from_module
-from robverify.onnx_import import SUPPORTED_OPS, from_onnx
+from robverify.ir.graph import Graph
+from robverify.ir.model import load_model
+from robverify.ir.from_module import from_module
+from robverify.ir.from_onnx import SUPPORTED_OPS, from_onnx
 from robverify.spec import Method, robustness_spec
 from trainers.zoo import build_model
 
@@ -521,7 +521,7 @@ def test_pooling_auto_pad_is_read_or_rejected(tmp_path, op_type):
 
 def test_module_with_the_wrong_input_shape_is_a_clear_error():
     from robverify.errors import RobverifyError
-    from robverify.module_import import from_module
+    from robverify.ir.from_module import from_module
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 3))
     with pytest.raises(RobverifyError, match=r"module 1: cannot take inputs of shape \[9\]"):

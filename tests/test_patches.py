@@ -1,4 +1,4 @@
-"""Receptive-field-local bounds (:mod:`robverify.patches`) against the dense backward pass they replace.
+"""Receptive-field-local bounds (:mod:`robverify.engine.receptive_field`) against the dense backward pass they replace.
 
 Where the first convolution reads an elementwise image of the input, the windowed pass must give the same
 intermediate bounds as dense rows over the whole input (up to float rounding), for any kernel, stride,
@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from helpers import single_thread, to_onnx  # noqa: F401 (single_thread: an autouse fixture)
-from robverify.bounds import BoundOptions, _Propagator, compute_bounds
-from robverify.model import load_model
-from robverify.modules import Normalize
-from robverify.patches import find_conv_chain
+from robverify.engine.bounds import BoundOptions, _Propagator, compute_bounds
+from robverify.ir.model import load_model
+from robverify.ir.blocks import Normalize
+from robverify.engine.receptive_field import find_conv_chain
 from robverify.spec import robustness_spec
 
 # (in_channels, size, conv1 (out, k, stride, pad), conv2 (out, k, stride, pad), activation, batchnorm)

@@ -27,8 +27,9 @@ from robverify.analysis.report import (
 from robverify.analysis.strategy_plots import pareto_front
 from robverify.cli import app
 from robverify.errors import RobverifyError
-from robverify.model_card import ModelCard
-from robverify.results import SWEEP_COLUMNS, RunDir
+from robverify.formats.model_card import ModelCard
+from robverify.runs.schema import SWEEP_COLUMNS
+from robverify.runs.rundir import RunDir
 
 TASKS = {"mnist5k[5-9]": 1.0, "mnist5k[5-9]+rot90": 0.5}  # target task -> similarity (logme)
 STRATEGIES = {"adv-ft": 0.04, "full-ft": 0.01, "linear-probe": 0.02}  # strategy -> median certified radius
@@ -63,7 +64,7 @@ def make_run(root: Path, strategy: str, task: str, ids: list[int], seed: int, tr
     run = RunDir.open(run_dir, "sweep-epsilon", {"model": str(model_dir / "model.onnx"), "task": task},
                       {"task": task, "strategy": strategy}, key=["sample_id"])
     run.commit(sweep_table(strategy, task, ids, seed))
-    run.finalize(figures=False)
+    run.finalize()
     return run_dir
 
 

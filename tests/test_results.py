@@ -16,16 +16,10 @@ import pandas as pd
 import pytest
 
 from robverify.errors import RobverifyError
-from robverify.results import (
-    CERTIFY_COLUMNS,
-    SWEEP_COLUMNS,
-    VERONA_COLUMNS,
-    RunDir,
-    load_results,
-    read_verona_result_df,
-    validate_table,
-    write_verona_result_df,
-)
+from robverify.runs.schema import CERTIFY_COLUMNS, SWEEP_COLUMNS, load_results, validate_table
+from robverify.runs.verona_csv import VERONA_COLUMNS, read_verona_result_df, write_verona_result_df
+from robverify.app.commands import finalize_run
+from robverify.runs.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = ["model", "backend", "method", "sample_id"]
@@ -115,7 +109,7 @@ def test_crash_then_resume_no_duplicates_no_lost_rows(tmp_path: Path) -> None:
     again = sweep_rows([7] + todo)
     again.loc[again["sample_id"] == 7, "time_s"] = 99.0
     resumed.commit(again)
-    table = resumed.finalize(figures=False)
+    table = resumed.finalize()
 
     assert table["sample_id"].tolist() == list(range(12))
     assert not table.duplicated(KEY).any()
@@ -128,8 +122,8 @@ def test_reopen_complete_run_resumes_and_finalize_is_idempotent(tmp_path: Path) 
     path = tmp_path / "run"
     run = open_run(path)
     run.commit(sweep_rows(range(6)))
-    once = run.finalize(figures=False)
-    twice = open_run(path).finalize(figures=False)
+    once = run.finalize()
+    twice = open_run(path).finalize()
     pd.testing.assert_frame_equal(once, twice)
     assert json.loads((path / "run.json").read_text())["resumed"] == 1
 
@@ -200,7 +194,7 @@ def test_fail_then_resume(tmp_path: Path) -> None:
 def test_parquet_and_csv_agree_and_inf_survives(tmp_path: Path) -> None:
     run = open_run(tmp_path / "run")
     run.commit(sweep_rows(range(7, 0, -1)))  # committed out of order: finalize sorts by the key
-    table = run.finalize(figures=False)
+    table = run.finalize()
     assert table["sample_id"].tolist() == list(range(1, 8))
     validate_table(table, "sweep")
 
@@ -218,7 +212,7 @@ def test_parquet_and_csv_agree_and_inf_survives(tmp_path: Path) -> None:
 def test_finalize_draws_figures(tmp_path: Path) -> None:
     run = open_run(tmp_path / "run")
     run.commit(sweep_rows(range(10)))
-    run.finalize()
+    finalize_run(run)
     names = sorted(p.name for p in run.figures_dir.iterdir())
     assert names == ["certified_accuracy.png", "certified_accuracy.svg", "ecdf.png", "ecdf.svg"]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["figures"] == [
@@ -231,7 +225,7 @@ KILL_CHILD = textwrap.dedent(
     import sys
     from pathlib import Path
     import numpy as np, pandas as pd
-    from robverify.results import RunDir
+    from robverify.runs.rundir import RunDir
 
     rows = int(sys.argv[2])
     run = RunDir.open(Path(sys.argv[1]), "sweep-epsilon", {}, {"model_sha256": "k"}, ["sample_id"])
@@ -320,7 +314,7 @@ def test_load_results_concatenates_runs(tmp_path: Path) -> None:
     for name in ("a", "b"):
         run = open_run(tmp_path / name)
         run.commit(sweep_rows(range(4), model=name))
-        run.finalize(figures=False)
+        run.finalize()
     table = load_results([tmp_path / "a", tmp_path / "b"])
     assert len(table) == 8 and table["model"].tolist() == ["a"] * 4 + ["b"] * 4
     validate_table(table, "sweep")

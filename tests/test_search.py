@@ -1,4 +1,4 @@
-"""Critical-epsilon search (:func:`robverify.search.critical_epsilon`) and ``--grid`` parsing.
+"""Critical-epsilon search (:func:`robverify.runs.search.critical_epsilon`) and ``--grid`` parsing.
 
 The search's contract, checked against independent re-runs: ``eps_lo`` is an eps the backend verifies,
 ``eps_hi`` one with a counterexample that onnxruntime confirms, ``eps_lo < eps_hi``, and no box the backend
@@ -21,8 +21,9 @@ from helpers import linear_classifier, single_thread, to_onnx  # noqa: F401 (sin
 from robverify.backends.base import FalsifyResult, VerifyResult
 from robverify.backends.native import NativeBackend
 from robverify.errors import RobverifyError
-from robverify.model import LoadedModel, load_model
-from robverify.search import SearchResult, critical_epsilon, parse_grid
+from robverify.ir.model import LoadedModel, load_model
+from robverify.runs.search import SearchResult, critical_epsilon
+from robverify.runs.sweep import parse_grid
 from robverify.spec import Method, Spec, robustness_spec
 
 STATUSES = {"exact", "gap", "robust", "unverified"}

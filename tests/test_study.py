@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from robverify.errors import RobverifyError
-from robverify.study import DEMO_STUDY, load_study, parse_study, plan_study, run_study
+from robverify.app.study import DEMO_STUDY, load_study, parse_study, plan_study, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 

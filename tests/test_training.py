@@ -14,13 +14,14 @@ import torch.nn.functional as F
 
 import trainers.pipeline as pipeline
 from properties.onnx_export import onnx_sha256
-from robverify.bounds import BoundOptions, compute_bounds
+from robverify.engine.bounds import BoundOptions, compute_bounds
 from robverify.errors import RobverifyError
-from robverify.model_card import ModelCard
-from robverify.module_import import from_module
+from robverify.formats.model_card import ModelCard
+from robverify.ir.from_module import from_module
 from robverify.spec import robustness_spec
 from trainers.evaluate import certified_accuracy, pgd_accuracy
-from trainers.loop import fit, resolve_device
+from robverify.devices import resolve_device
+from trainers.loop import fit
 from trainers.objectives import Hyper, make_objective, robust_cross_entropy, certified_loss
 from trainers.tasks import load_task
 from trainers.zoo import build_model, build_model_from_config

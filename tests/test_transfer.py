@@ -16,7 +16,7 @@ from torch import nn
 
 from properties.onnx_export import onnx_sha256
 from robverify.errors import RobverifyError
-from robverify.model_card import ModelCard
+from robverify.formats.model_card import ModelCard
 from trainers.freezing import freeze, new_head
 from trainers.lora import add_adapters
 from trainers.pipeline import load_source, train_source, transfer_model

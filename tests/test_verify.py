@@ -13,12 +13,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from properties.answer import answer_instance
-from properties.vnnlib import read_vnnlib
+from robverify.engine.answer import answer_instance
+from robverify.formats.vnnlib_read import read_vnnlib
 from robverify.cli import app
 from robverify.errors import RobverifyError
-from robverify.model import load_model
-from robverify.vnncomp import Result, format_result, parse_result
+from robverify.ir.model import load_model
+from robverify.formats.vnncomp_result import Result, format_result, parse_result
 
 SHARED_VNNCOMP = Path(__file__).resolve().parents[2] / "shared" / "vnncomp2021"
 
@@ -163,7 +163,7 @@ def test_missing_model_and_bad_options_are_errors(vnncomp_dir, tmp_path):
 
 def test_per_disjunct_copies_split_the_unsafe_region():
     """Copy k of a spec is unsafe exactly where disjunct k is; their smallest margin is the spec's margin."""
-    from properties.answer import _per_group
+    from robverify.engine.answer import _per_group
     from robverify.spec import Spec
 
     gen = torch.Generator().manual_seed(0)

@@ -18,9 +18,11 @@ from properties.onnx_export import export_onnx
 from robverify.backends import AttackConfig, BackendOptions, get_backend
 from robverify.backends.native import NativeBackend
 from robverify.errors import RobverifyError
-from robverify.jobs import Samples, run_sweep
-from robverify.model import load_model
-from robverify.results import RunDir, validate_table
+from robverify.runs.jobs import Samples, run_sweep
+from robverify.runs.sweep import SweepSettings
+from robverify.ir.model import load_model
+from robverify.runs.rundir import RunDir
+from robverify.runs.schema import validate_table
 from robverify.spec import robustness_spec
 from trainers.tasks import load_task, sample_test
 from trainers.training import train_standard
@@ -30,7 +32,7 @@ if importlib.util.find_spec("ada_verona") is None:  # installed by make install;
     pytest.skip("ada_verona is not installed", allow_module_level=True)
 
 from robverify.backends.verona import parse_verifier  # noqa: E402
-from robverify.verona_job import _bracket, run_verona_sweep  # noqa: E402
+from robverify.runs.verona_search import _bracket, run_verona_sweep  # noqa: E402
 
 GRID = [round(0.01 * i, 2) for i in range(0, 13)]
 ATTACK = AttackConfig(steps=10, restarts=1, seed=0)
@@ -56,7 +58,7 @@ def _sweep(tmp_path: Path, name: str, backend, samples: Samples, **kw) -> pd.Dat
     run = RunDir.open(tmp_path / name, "sweep-epsilon", {}, {"name": name}, ["sample_id"])
     if backend.name == "verona":
         return run_verona_sweep(run, backend, samples, GRID, **kw)
-    return run_sweep(run, backend, samples, grid=GRID)
+    return run_sweep(run, backend, samples, SweepSettings(grid=GRID))
 
 
 def test_native_crown_through_verona_equals_native_grid(digits, tmp_path):

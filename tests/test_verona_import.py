@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from properties.onnx_export import export_onnx
 from robverify.cli import app
 from robverify.errors import RobverifyError
-from robverify.results import (SWEEP_COLUMNS, import_verona_run, load_results, validate_table,
-                               write_verona_result_df)
+from robverify.runs.schema import SWEEP_COLUMNS, load_results, validate_table
+from robverify.runs.verona_csv import import_verona_run, write_verona_result_df
 from trainers.zoo import build_model
 
 runner = CliRunner()

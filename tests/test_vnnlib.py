@@ -14,14 +14,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from properties.vnnlib import (
-    VnnlibError,
-    VnnlibProperty,
-    parse_vnnlib,
-    read_vnnlib,
-    write_robustness_vnnlib,
-    write_spec_vnnlib,
-)
+from robverify.formats.vnnlib_read import VnnlibError, VnnlibProperty, parse_vnnlib, read_vnnlib
+from robverify.formats.vnnlib_write import write_robustness_vnnlib, write_spec_vnnlib
 from robverify.errors import RobverifyError
 from robverify.spec import Spec, robustness_spec
 

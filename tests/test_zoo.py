@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robverify.errors import RobverifyError
-from robverify.modules import Normalize, Residual
+from robverify.ir.blocks import Normalize, Residual
 from trainers.training import accuracy, train_standard
 from trainers.zoo import (
     ALLOWED_LAYERS,

@@ -1,6 +1,6 @@
 """PGD on a torch module, for adversarial training (Madry et al.) and TRADES (Zhang et al.).
 
-The house falsifier (:func:`robverify.attacks.pgd_attack`) works on the graph IR and is what evaluation uses;
+The house falsifier (:func:`robverify.engine.attacks.pgd_attack`) works on the graph IR and is what evaluation uses;
 training needs many cheap attacks on the live module, in its own forward pass, hence this small version.
 Both keep inputs inside ``[0, 1]`` and within ``eps`` (L-inf) of the clean input.
 """

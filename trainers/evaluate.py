@@ -1,7 +1,7 @@
 """Accuracy of a trained model on a test split: clean, under PGD, and certified by robverify's bound engine.
 
-PGD and certification run on the graph IR of the live model (:func:`robverify.module_import.from_module`), with
-the house falsifier :func:`robverify.attacks.pgd_attack` and :func:`robverify.bounds.compute_bounds`, batched.
+PGD and certification run on the graph IR of the live model (:func:`robverify.ir.from_module.from_module`), with
+the house falsifier :func:`robverify.engine.attacks.pgd_attack` and :func:`robverify.engine.bounds.compute_bounds`, batched.
 A sample counts as robust under PGD when it is classified correctly and the attack finds no counterexample;
 as certified when the bound proves every other class's logit stays below the label's over the eps-box.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robverify.attacks import pgd_attack
-from robverify.bounds import compute_bounds
+from robverify.engine.attacks import pgd_attack
+from robverify.engine.bounds import compute_bounds
 from robverify.errors import RobverifyError
-from robverify.module_import import from_module
+from robverify.ir.from_module import from_module
 from robverify.spec import Method, robustness_spec
 from trainers.training import accuracy
 

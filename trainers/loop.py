@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from robverify.errors import RobverifyError
+from robverify.files import atomic_write
 
-__all__ = ["FitResult", "Objective", "fit", "resolve_device", "set_train_mode"]
+__all__ = ["FitResult", "Objective", "fit", "set_train_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +44,6 @@ class FitResult:
     train_time_s: float
     final_loss: float
     resumed_epochs: int
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RobverifyError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
-        try:
-            return torch.device(name)
-        except RuntimeError:
-            pass
-    raise RobverifyError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
 
 
 def set_train_mode(model: nn.Module) -> None:
@@ -89,14 +71,7 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def _save_atomic(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def _load_checkpoint(path: Path | None, key: str) -> dict | None:

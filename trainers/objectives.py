@@ -1,8 +1,8 @@
 """Training objectives: ``standard``, ``pgd`` (Madry), ``trades`` and the certified ``ibp`` / ``crown-ibp``.
 
 An objective maps ``(model, x [B, C, H, W], y [B], progress)`` to a scalar loss (see :class:`trainers.loop.Objective`).
-Certified objectives bound the model through :func:`robverify.module_import.from_module` and
-:func:`robverify.bounds.compute_bounds` with ``grad=True``, so the bounds' gradients reach the module's parameters.
+Certified objectives bound the model through :func:`robverify.ir.from_module.from_module` and
+:func:`robverify.engine.bounds.compute_bounds` with ``grad=True``, so the bounds' gradients reach the module's parameters.
 Their schedule is the usual one (Gowal et al. 2018; Zhang et al. 2020): natural training during ``warmup``
 (a fraction of all steps), then eps grows linearly to its target over ``ramp``, while the natural-loss weight
 ``kappa`` falls from 1 to ``kappa_end`` and, for ``crown-ibp``, the weight of the CROWN-IBP bound against the IBP
@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robverify.bounds import BoundOptions, compute_bounds
+from robverify.engine.bounds import BoundOptions, compute_bounds
+from robverify.enums import parse_enum
 from robverify.errors import RobverifyError
-from robverify.module_import import from_module
+from robverify.ir.from_module import from_module
 from robverify.spec import Method, robustness_spec
 from trainers.adversarial import pgd_examples, trades_examples
 from trainers.loop import Objective
@@ -42,13 +43,7 @@ class TrainMethod(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "str | TrainMethod") -> "TrainMethod":
-        if isinstance(value, TrainMethod):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            names = ", ".join(m.value for m in cls)
-            raise RobverifyError(f"unknown training method: expected one of {names}, got {value!r}") from None
+        return parse_enum(cls, value, "training method")
 
     @property
     def adversarial(self) -> bool:

@@ -19,11 +19,12 @@ import torch
 
 from properties.onnx_export import export_onnx, onnx_sha256
 from robverify.errors import RobverifyError
-from robverify.model_card import ModelCard
+from robverify.formats.model_card import ModelCard
 from robverify.spec import Method
 from trainers.evaluate import certified_accuracy, pgd_accuracy
 from trainers.freezing import freeze, new_head
-from trainers.loop import fit, resolve_device
+from robverify.devices import resolve_device
+from trainers.loop import fit
 from trainers.objectives import Hyper, TrainMethod, make_objective
 from trainers.strategies import TransferContext, get_strategy
 from trainers.tasks import TaskData, load_task
@@ -34,7 +35,7 @@ __all__ = ["load_source", "train_source", "transfer_model"]
 
 log = logging.getLogger(__name__)
 
-#: PGD of the evaluation (robverify.attacks.pgd_attack) and the bound method of the certified accuracy
+#: PGD of the evaluation (robverify.engine.attacks.pgd_attack) and the bound method of the certified accuracy
 EVAL_PGD_STEPS, EVAL_PGD_RESTARTS, EVAL_METHOD = 40, 2, Method.CROWN_IBP
 #: source training samples RiFT's criticality probe reads; share of target training data held out for RiFT's alpha
 RIFT_SOURCE_SAMPLES, RIFT_VAL_FRACTION = 512, 0.1

@@ -4,8 +4,8 @@ Every model is a :class:`BlockNet`: ``head(blockK(...block1(normalize(x))))``. T
 "the last k blocks" (:meth:`BlockNet.last_blocks`) and "the head" by name; the model card stores
 :func:`arch_config` so that :func:`build_model_from_config` rebuilds the same architecture.
 
-Layer types are restricted to what :mod:`robverify.graph` reads: :class:`~robverify.modules.Normalize`,
-:class:`~robverify.modules.Residual`, ``nn.Linear``, ``nn.Conv2d``, ``nn.BatchNorm1d/2d``, ``nn.ReLU``,
+Layer types are restricted to what :mod:`robverify.ir.graph` reads: :class:`~robverify.ir.blocks.Normalize`,
+:class:`~robverify.ir.blocks.Residual`, ``nn.Linear``, ``nn.Conv2d``, ``nn.BatchNorm1d/2d``, ``nn.ReLU``,
 ``nn.Sigmoid``, ``nn.Tanh``, ``nn.Flatten``, ``nn.AvgPool2d``, ``nn.MaxPool2d`` and ``nn.Sequential``.
 
 Registered architectures (:data:`ARCHITECTURES`) and their options:
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from robverify.errors import RobverifyError
-from robverify.modules import Normalize, Residual
+from robverify.ir.blocks import Normalize, Residual
 
 __all__ = [
     "ARCHITECTURES",
@@ -96,7 +96,7 @@ class BlockNet(nn.Module):
         self.config = config
 
     def ir_sequence(self) -> list[tuple[str, nn.Module]]:
-        """The forward order as named modules, read by :func:`robverify.module_import.from_module`."""
+        """The forward order as named modules, read by :func:`robverify.ir.from_module.from_module`."""
         return [("normalize", self.normalize), *self.blocks.items(), ("head", self.head)]
 
     def block_names(self) -> list[str]:

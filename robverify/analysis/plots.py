@@ -139,3 +139,21 @@ def plot_certified_accuracy(
             ax.legend(loc="upper right", fontsize="small")
         _save(fig, out_dir, name)
     return drawn
+
+
+def draw_run_figures(table: pd.DataFrame, figures_dir: Path) -> list[str]:
+    """The standard figures of one run's tidy table into ``figures_dir``: the robustness-distribution ECDF (sweep
+    tables) and certified accuracy vs eps (sweep and certify tables). Returns their paths relative to the run
+    directory (``figures/NAME.png`` / ``.svg``)."""
+    from robverify.analysis.distribution import certified_accuracy_curve
+    from robverify.runs.schema import CERTIFY_COLUMNS, FIGURES_DIR, SWEEP_COLUMNS
+
+    names: list[str] = []
+    if set(SWEEP_COLUMNS) <= set(table.columns):
+        plot_ecdf(table, figures_dir)
+        names.append("ecdf")
+    if set(SWEEP_COLUMNS) <= set(table.columns) or set(CERTIFY_COLUMNS) <= set(table.columns):
+        plot_certified_accuracy(certified_accuracy_curve(table), figures_dir)
+        names.append("certified_accuracy")
+    return [f"{FIGURES_DIR}/{n}.{ext}" for n in names for ext in ("png", "svg")]
+

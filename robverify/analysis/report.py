@@ -30,7 +30,7 @@ from robverify.analysis.strategy_plots import (
 )
 from robverify.analysis.summary import ALL_STRATEGIES, SUMMARY_COLUMNS, build_summary, entry_points, reference_eps, value
 from robverify.errors import RobverifyError
-from robverify.results import _atomic_write_text
+from robverify.files import atomic_write_text
 
 __all__ = ["Block", "Report", "compare_runs", "conclusions", "draw_figures", "figure_names", "fmt", "headline_table",
            "read_summary", "render_html", "render_markdown", "report_blocks", "task_slug"]
@@ -507,11 +507,11 @@ def compare_runs(run_dirs: Sequence[Path], out: Path, *, eps: Sequence[float] | 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RobverifyError(f"cannot write to {out}: {exc.strerror or exc}") from None
-    _atomic_write_text(out / SUMMARY_CSV, built.to_csv(index=False))
+    atomic_write_text(out / SUMMARY_CSV, built.to_csv(index=False))
     summary = read_summary(out / SUMMARY_CSV)  # the report is written from what the file holds
     figures = draw_figures(table, summary, out / FIGURES)
     blocks = report_blocks(summary)
-    _atomic_write_text(out / REPORT_MD, render_markdown(blocks))
-    _atomic_write_text(out / REPORT_HTML, render_html(blocks, out / FIGURES))
+    atomic_write_text(out / REPORT_MD, render_markdown(blocks))
+    atomic_write_text(out / REPORT_HTML, render_html(blocks, out / FIGURES))
     return Report(out, summary, headline_table(summary), figures)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from robverify.errors import RobverifyError
-from robverify.model_card import ModelCard, card_path_for
-from robverify.results import RESULTS_PARQUET, RUN_JSON, validate_table
+from robverify.formats.model_card import ModelCard, card_path_for
+from robverify.runs.schema import RESULTS_PARQUET, RUN_JSON, validate_table
 
 __all__ = ["SOURCE_STRATEGY", "StudyRun", "load_study_runs", "runs_frame", "study_table"]
 

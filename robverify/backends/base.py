@@ -19,9 +19,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robverify.attacks import pgd_attack
-from robverify.bounds import compute_bounds
-from robverify.model import LoadedModel
+from robverify.engine.attacks import pgd_attack
+from robverify.engine.bounds import compute_bounds
+from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
 
 log = logging.getLogger(__name__)

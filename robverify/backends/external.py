@@ -4,13 +4,13 @@
 the native bound leaves open becomes one instance in a private benchmark folder: the model copied to ``onnx/``,
 the spec written to ``vnnlib/``; ``prepare_instance.sh v1 <benchmark> <onnx> <vnnlib>`` runs first when it sits
 beside ``run_instance.sh``, then ``run_instance.sh v1 <benchmark> <onnx> <vnnlib> <results_file> <timeout>``.
-The result file is read with :func:`robverify.vnncomp.parse_result`. A crash, a missing or unreadable result
+The result file is read with :func:`robverify.formats.vnncomp_result.parse_result`. A crash, a missing or unreadable result
 file, or a tool that overruns its timeout (plus a grace period; it is then killed with its process group) gives
 ``error`` or ``timeout``, never ``verified``; ``sat`` and ``unsat`` answers are judged by
 :class:`~robverify.backends.base.CompleteBackend` (counterexample confirmed by onnxruntime; unsat cross-checked
 with PGD).
 
-This backend writes VNN-LIB through :mod:`properties.vnnlib`, the one place where a core module reaches up
+This backend writes VNN-LIB through :mod:`robverify.formats.vnnlib_read`, the one place where a core module reaches up
 into ``properties`` (lazily, when a query is made): the VNN-LIB writer lives there and is not duplicated.
 """
 
@@ -30,9 +30,9 @@ import torch
 
 from robverify.backends.base import AttackConfig, BackendOptions, CompleteBackend, QueryAnswer
 from robverify.errors import RobverifyError
-from robverify.model import LoadedModel
+from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
-from robverify.vnncomp import Result, parse_result
+from robverify.formats.vnncomp_result import Result, parse_result
 
 #: seconds a tool may run past its timeout before it is killed
 GRACE_S = 10.0
@@ -99,7 +99,7 @@ class ExternalBackend(CompleteBackend):
         return proc.returncode, (tail[-1][:200] if tail else "")
 
     def _query(self, spec: Spec) -> QueryAnswer:
-        from properties.vnnlib import write_spec_vnnlib
+        from robverify.formats.vnnlib_write import write_spec_vnnlib
 
         self.n_queries += 1
         stem = f"q{self.n_queries:06d}"

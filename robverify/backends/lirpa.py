@@ -3,7 +3,7 @@
 The model's ONNX file is converted to torch by onnx2torch (or a live zoo module is used) and wrapped once in
 an auto_LiRPA ``BoundedModule``; each batch of specs is bounded with its per-sample boxes
 (``PerturbationLpNorm(norm=inf, x_L, x_U)``) and margin matrix ``C``. Before conversion the ONNX patterns that
-auto_LiRPA 0.3 cannot bound are rewritten into equivalent ones (:mod:`robverify.onnx_rewrite`: initializer
+auto_LiRPA 0.3 cannot bound are rewritten into equivalent ones (:mod:`robverify.ir.rewrite`: initializer
 ``Identity`` nodes dropped so onnx2torch builds an ``nn.BatchNorm`` with parameters, the zoo's ``Normalize`` as a
 1x1 ``Conv``); the converted network is checked against onnxruntime.
 
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from robverify.backends.base import AttackConfig, Backend, BackendOptions
 from robverify.backends.lirpa_compat import import_auto_lirpa
 from robverify.errors import RobverifyError
-from robverify.model import LoadedModel
-from robverify.onnx_rewrite import verifier_ready_onnx
+from robverify.ir.model import LoadedModel
+from robverify.ir.rewrite import verifier_ready_onnx
 from robverify.spec import Method, Spec
 
 #: robverify method -> auto_LiRPA ``compute_bounds(method=...)``
@@ -55,7 +55,7 @@ class _ChannelAffine(nn.Module):
 
 def lirpa_ready_module(module: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
     """A copy of a zoo module in eval mode whose ``Normalize`` layers are depthwise 1x1 convolutions."""
-    from robverify.modules import Normalize
+    from robverify.ir.blocks import Normalize
 
     net = copy.deepcopy(module).eval()
     channels = input_shape[0] if len(input_shape) == 3 else None

@@ -17,12 +17,12 @@ from typing import Any, Iterator
 
 import torch
 
-from robverify.attacks import pgd_attack
+from robverify.engine.attacks import pgd_attack
 from robverify.backends.base import AttackConfig, BackendOptions, CompleteBackend, QueryAnswer
-from robverify.bounds import compute_bounds
+from robverify.engine.bounds import compute_bounds
 from robverify.errors import RobverifyError
-from robverify.model import LoadedModel
-from robverify.onnx_rewrite import write_verifier_ready_onnx
+from robverify.ir.model import LoadedModel
+from robverify.ir.rewrite import write_verifier_ready_onnx
 from robverify.spec import Method, Spec, Verdict
 
 #: relative size of the box around an unconfirmed Marabou witness that PGD searches

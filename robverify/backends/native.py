@@ -5,12 +5,12 @@ from __future__ import annotations
 from torch import Tensor
 
 from robverify.backends.base import Backend
-from robverify.bounds import BoundOptions, compute_bounds
+from robverify.engine.bounds import BoundOptions, compute_bounds
 from robverify.spec import Spec
 
 
 class NativeBackend(Backend):
-    """IBP / CROWN-IBP / CROWN / alpha-CROWN of :mod:`robverify.bounds` on the model's graph IR."""
+    """IBP / CROWN-IBP / CROWN / alpha-CROWN of :mod:`robverify.engine.bounds` on the model's graph IR."""
 
     name = "native"
     bound_options = BoundOptions()

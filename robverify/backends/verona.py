@@ -10,7 +10,7 @@ Verifiers (``--verifier``):
 * ``pgd``: VERONA's own ``AttackEstimationModule(PGDAttack)``. A failed attack is reported UNSAT by VERONA, so
   its "critical epsilon" is an *upper* estimate: robverify never counts it as verified.
 
-The sweep itself is :func:`robverify.verona_job.run_verona_sweep`. As a plain backend (``certify``) the wrapped
+The sweep itself is :func:`robverify.runs.verona_search.run_verona_sweep`. As a plain backend (``certify``) the wrapped
 robverify backend bounds and falsifies; ``pgd`` verifies nothing.
 """
 
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from robverify.backends.base import AttackConfig, Backend, BackendOptions
 from robverify.errors import RobverifyError
-from robverify.model import LoadedModel
+from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec
 
 INSTALL_HINT = ("ada_verona is not installed: pip install --no-deps --ignore-requires-python ada-verona==1.0.3 "

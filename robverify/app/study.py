@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robverify.app.progress import Bar, progress_bar
 from robverify.errors import RobverifyError
-from robverify.results import _atomic_write_text
+from robverify.files import atomic_write_text, file_sha256
 
 __all__ = ["DEMO_STUDY", "Step", "Study", "StudyResult", "load_study", "parse_study", "run_study"]
 
@@ -242,7 +243,7 @@ class Step:
     def finish(self) -> None:
         record = {"kind": self.kind, "label": self.label, "hash": self.key, "inputs": self.inputs,
                   "seconds": round(self.seconds, 3)}
-        _atomic_write_text(self.folder / STEP_JSON, json.dumps(record, indent=2, default=str) + "\n")
+        atomic_write_text(self.folder / STEP_JSON, json.dumps(record, indent=2, default=str) + "\n")
 
 
 @dataclass(frozen=True)
@@ -266,16 +267,16 @@ class StudyResult:
 
 def _sweep(model: Path, task: str | None, out: Path, study: Study, progress: Callable[[int], None]) -> None:
     """What ``robverify sweep-epsilon`` does, with the study's settings (same run directory and fingerprint)."""
-    from robverify.commands import backend_options, prepare_sweep, run_sweep_job
-    from robverify.search import parse_grid
+    from robverify.app.commands import backend_options, prepare_sweep, run_sweep_job
+    from robverify.runs.sweep import SweepSettings
 
     s, seed = study["sweep"], study["study"]["seed"]
-    grid = parse_grid(s["grid"]) if s["grid"] else None
+    settings = SweepSettings.parse(float(s["tol"]), s["grid"] or None, float(s["eps_max"]))
     data_root = Path(study["study"]["data_root"]) if study["study"]["data_root"] else None
-    prep = prepare_sweep(model, task=task, n=s["n"], method=s["method"], backend=s["backend"], tol=float(s["tol"]),
-                         grid=grid, eps_max=float(s["eps_max"]), out=out, seed=seed, device=study["study"]["device"],
-                         data_root=data_root, batch_size=s["batch_size"], options=backend_options())
-    run_sweep_job(prep, tol=float(s["tol"]), grid=grid, eps_max=float(s["eps_max"]), progress=progress)
+    prep = prepare_sweep(model, task=task, n=s["n"], method=s["method"], backend=s["backend"], settings=settings,
+                         out=out, seed=seed, device=study["study"]["device"], data_root=data_root,
+                         batch_size=s["batch_size"], options=backend_options())
+    run_sweep_job(prep, settings, progress=progress)
 
 
 def plan_study(study: Study, out: Path, progress: Callable[[int], None] = lambda k: None) -> list[Step]:
@@ -296,7 +297,7 @@ def plan_study(study: Study, out: Path, progress: Callable[[int], None] = lambda
         if not onnx.is_file() or not (model_dir / "model.json").is_file():
             raise RobverifyError(f"{study.where('source', 'model')}: source model {model_dir} not found "
                                  f"(expected model.onnx and model.json from robverify train)")
-        digest = hashlib.sha256(onnx.read_bytes()).hexdigest()
+        digest = file_sha256(onnx)
         source = Step("source", f"source model {model_dir}", {"kind": "source", "model_sha256": digest},
                       model_dir, lambda step: None, external=True)
         source_task = None
@@ -381,52 +382,33 @@ def run_study(study: Study, out: Path | None = None, *, console: Any = None) -> 
     from robverify.analysis.report import FIGURES, Report, figure_names, headline_table, read_summary
 
     out = Path(out) if out is not None else study.path.parent / study["study"]["out"]
-    bar = None
+    bar = Bar(None)
     sample_task = None
 
     def advance(k: int) -> None:
-        if bar is not None and sample_task is not None:
-            bar.advance(sample_task, k)
+        bar.advance(sample_task, k)
 
     steps = plan_study(study, out, advance)
-    if console is not None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=console, transient=False)
-    with bar if bar is not None else _Nothing():
-        overall = bar.add_task("study", total=len(steps)) if bar is not None else None
+    with progress_bar(console) as bar:
+        overall = bar.add("study", total=len(steps))
         for step in steps:
             if step.done():
-                if bar is not None:
-                    bar.advance(overall, 1)
+                bar.advance(overall, 1)
                 continue
-            if bar is not None:
-                bar.update(overall, description=f"study: {step.label}")
-                if step.kind == "sweep":
-                    sample_task = bar.add_task(f"  samples of {step.label}", total=study["sweep"]["n"])
+            bar.describe(overall, f"study: {step.label}")
+            if step.kind == "sweep":
+                sample_task = bar.add(f"  samples of {step.label}", total=study["sweep"]["n"])
             started = time.perf_counter()
             step.folder.mkdir(parents=True, exist_ok=True)
             step.work(step)
             step.seconds = time.perf_counter() - started
             step.ran = True
             step.finish()
-            if bar is not None:
-                if sample_task is not None:
-                    bar.remove_task(sample_task)
-                    sample_task = None
-                bar.advance(overall, 1)
-        if bar is not None:
-            bar.update(overall, description="study")
+            bar.remove(sample_task)
+            sample_task = None
+            bar.advance(overall, 1)
+        bar.describe(overall, "study")
     report_dir = steps[-1].folder
     summary = read_summary(report_dir / "summary.csv")
     figures = {name: report_dir / FIGURES / f"{name}.png" for name in figure_names(summary)}
     return StudyResult(steps, Report(report_dir, summary, headline_table(summary), figures))
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

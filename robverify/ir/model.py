@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,32 +9,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robverify.devices import resolve_device
 from robverify.errors import RobverifyError
-from robverify.graph import Graph
-from robverify.onnx_import import check_against_runtime, from_onnx
-from robverify.runtime import OnnxRuntimeModel
+from robverify.files import file_sha256
+from robverify.ir.graph import Graph
+from robverify.ir.from_onnx import check_against_runtime, from_onnx
+from robverify.ir.runtime import OnnxRuntimeModel
 from robverify.spec import Spec
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu`` / ``cuda[:i]`` as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise RobverifyError(f"unknown device: expected auto, cpu or cuda, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RobverifyError("device cuda requested but CUDA is not available here")
-    return dev
 
 
 @dataclass

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from robverify import __version__
 from robverify.errors import RobverifyError
+from robverify.files import atomic_write_text
 
 __all__ = ["ModelCard", "card_path_for"]
 
@@ -89,18 +89,9 @@ class ModelCard:
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            return atomic_write_text(path, text)
         except OSError as exc:
-            raise RobverifyError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise RobverifyError(f"cannot write model card {path}: {exc.strerror or exc}") from None
-        return path
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> "ModelCard":

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from robverify import ops
 from robverify.errors import RobverifyError
-from robverify.graph import Graph, Node
-from robverify.modules import Normalize, Residual
+from robverify.ir.graph import Graph, Node
+from robverify.ir.blocks import Normalize, Residual
 
 
 class _ModuleBuilder:

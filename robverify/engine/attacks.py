@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robverify.graph import Graph
+from robverify.ir.graph import Graph
 from robverify.spec import Spec
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robverify.graph import Graph
+from robverify.ir.graph import Graph
 from robverify.ops.base import Box, LinearOp
 from robverify.ops.linear import Conv, ElementwiseAffine
 from robverify.ops.nonlinear import Elementwise

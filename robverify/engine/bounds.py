@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robverify.graph import Graph, Node
+from robverify.ir.graph import Graph, Node
 from robverify.ops import Relu
 from robverify.ops.base import Box, LinearOp
-from robverify.patches import conv_chain_bounds, find_conv_chain, row_width
+from robverify.engine.receptive_field import conv_chain_bounds, find_conv_chain, row_width
 from robverify.spec import Method, Spec
 
 
@@ -43,7 +43,7 @@ class BoundOptions:
     safety: float | None = None
     #: keep autograd through the bounds w.r.t. the graph's parameters (certified training)
     grad: bool = False
-    #: bound conv -> activation -> conv neurons on their receptive fields (robverify.patches); False: dense rows
+    #: bound conv -> activation -> conv neurons on their receptive fields (robverify.engine.receptive_field); False: dense rows
     patches: bool = True
 
 
@@ -203,7 +203,7 @@ class _Propagator:
             ok = valid[:, start:start + chunk]
             k = idx.shape[1]
             if chain is not None:
-                # Each neuron bounded on its receptive field only (robverify.patches).
+                # Each neuron bounded on its receptive field only (robverify.engine.receptive_field).
                 lower, upper = conv_chain_bounds(chain, self.boxes, idx)
             elif jac is not None:
                 # One affine step by row lookup: rows of L for the chosen neurons, shared by both signs.

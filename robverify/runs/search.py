@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from robverify.backends.base import Backend
-from robverify.errors import RobverifyError, SoundnessError
+from robverify.errors import SoundnessError
+from robverify.runs.schema import SweepStatus
+from robverify.runs.sweep import SweepSettings
 from robverify.spec import robustness_spec
 
 
@@ -38,7 +40,7 @@ class SearchResult:
     eps_hi: Tensor
     n_calls: Tensor
     n_attacks: Tensor
-    status: list[str]
+    status: list[SweepStatus]
 
 
 class _Scale:
@@ -64,24 +66,6 @@ class _Scale:
         return pos if self.grid is not None else torch.minimum(pos, distance)
 
 
-def parse_grid(text: str) -> list[float]:
-    """``START:STOP:STEP`` (inclusive of START and of STOP when reached) or ``e1,e2,...``."""
-    try:
-        if ":" in text:
-            start, stop, step = (float(t) for t in text.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = [round(start + i * step, 12) for i in range(n)]
-        else:
-            values = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise RobverifyError(f"--grid: expected START:STOP:STEP or a comma list of numbers, got {text!r}") from None
-    if not values or any(not math.isfinite(v) or v < 0 for v in values):
-        raise RobverifyError(f"--grid: expected non-negative finite eps values, got {text!r}")
-    return values
-
-
 def _lower_step(scale: _Scale, v: Tensor, mv: Tensor, v2: Tensor, mv2: Tensor, w: Tensor, mw: Tensor,
                 slow: Tensor) -> Tensor:
     """Next position of the lower search inside ``(v, w)``: the zero of the margin's chord between ``v`` and
@@ -104,11 +88,12 @@ def critical_epsilon(backend: Backend, x: Tensor, label: Tensor, n_classes: int,
                      grid: Sequence[float] | None = None, eps_max: float = 1.0,
                      domain: tuple[float, float] = (0.0, 1.0),
                      on_round: Callable[[int], None] | None = None) -> SearchResult:
-    """Bracket the critical eps of each correctly classified sample ``x`` ``[B, *input_shape]``."""
-    if not tol > 0:
-        raise RobverifyError(f"--tol must be > 0, got {tol}")
+    """Bracket the critical eps of each correctly classified sample ``x`` ``[B, *input_shape]``.
+
+    ``tol``, ``grid`` and ``eps_max`` are a :class:`~robverify.runs.sweep.SweepSettings`' (checked by it)."""
+    settings = SweepSettings(tol=tol, grid=None if grid is None else tuple(grid), eps_max=eps_max)
     B = x.shape[0]
-    scale = _Scale(tol, grid, eps_max)
+    scale = _Scale(settings.tol, settings.grid, settings.eps_max)
     f64 = dict(dtype=torch.float64)
     n_calls = torch.zeros(B, dtype=torch.long)
     n_attacks = torch.zeros(B, dtype=torch.long)
@@ -217,11 +202,11 @@ def critical_epsilon(backend: Backend, x: Tensor, label: Tensor, n_classes: int,
     status = []
     for i in range(B):
         if not bool(base_ok[i]):
-            status.append("unverified")
+            status.append(SweepStatus.UNVERIFIED)
         elif bool(top_ok[i]):
-            status.append("robust")
+            status.append(SweepStatus.ROBUST)
         elif math.isfinite(float(f[i])) and not bool(scale.open(v[i:i + 1], f[i:i + 1])):
-            status.append("exact")
+            status.append(SweepStatus.EXACT)
         else:
-            status.append("gap")
+            status.append(SweepStatus.GAP)
     return SearchResult(eps_lo, eps_hi, n_calls, n_attacks, status)

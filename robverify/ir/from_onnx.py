@@ -1,4 +1,4 @@
-"""Read an ONNX file into the graph IR (:class:`robverify.graph.Graph`) and check it against onnxruntime."""
+"""Read an ONNX file into the graph IR (:class:`robverify.ir.graph.Graph`) and check it against onnxruntime."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch import Tensor
 
 from robverify import ops
 from robverify.errors import RobverifyError
-from robverify.graph import Graph, Node
-from robverify.runtime import OnnxRuntimeModel
+from robverify.ir.graph import Graph, Node
+from robverify.ir.runtime import OnnxRuntimeModel
 
 SUPPORTED_OPS = (
     "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "Div", "Dropout", "Flatten",

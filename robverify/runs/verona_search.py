@@ -24,8 +24,9 @@ import torch
 
 from robverify.backends.verona import VeronaBackend
 from robverify.errors import RobverifyError
-from robverify.jobs import Samples
-from robverify.results import RunDir
+from robverify.runs.jobs import Samples
+from robverify.runs.rundir import RunDir
+from robverify.runs.schema import SweepStatus
 
 EXPERIMENT_DIR = "verona"
 
@@ -52,15 +53,15 @@ def _bracket(calls: list[tuple[float, str]], grid: Sequence[float], attack: bool
     sat = [e for e, r in calls if r == "SAT"]
     eps_hi = min(sat) if sat else math.inf
     if attack:
-        return 0.0, eps_hi, "upper-bound"
+        return 0.0, eps_hi, SweepStatus.UPPER_BOUND.value
     if not unsat:
-        return math.nan, eps_hi, "unverified"
+        return math.nan, eps_hi, SweepStatus.UNVERIFIED.value
     eps_lo = max(unsat)
     values = sorted(set(float(g) for g in grid))
     if eps_lo >= values[-1]:
-        return eps_lo, eps_hi, "robust"
+        return eps_lo, eps_hi, SweepStatus.ROBUST.value
     above = values[values.index(eps_lo) + 1] if eps_lo in values else math.inf
-    return eps_lo, eps_hi, "exact" if eps_hi <= above else "gap"
+    return eps_lo, eps_hi, SweepStatus.EXACT.value if eps_hi <= above else SweepStatus.GAP.value
 
 
 def run_verona_sweep(run: RunDir, backend: VeronaBackend, samples: Samples, grid: Sequence[float], *,
@@ -113,7 +114,7 @@ def run_verona_sweep(run: RunDir, backend: VeronaBackend, samples: Samples, grid
                 eps_lo, eps_hi, status = _bracket(calls, epsilons, backend.is_attack)
                 ev, ss = verona_eps[s]
             else:
-                eps_lo, eps_hi, status = 0.0, 0.0, "misclassified"
+                eps_lo, eps_hi, status = 0.0, 0.0, SweepStatus.MISCLASSIFIED.value
                 ev, ss = math.nan, math.nan
             rows.append(dict(eps_lo=eps_lo, eps_hi=eps_hi, status=status, n_calls=len(calls),
                              verona_epsilon_value=ev, verona_smallest_sat_value=ss,

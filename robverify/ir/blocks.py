@@ -2,7 +2,7 @@
 
 The model zoo (``trainers``) builds its networks from these plus ``nn.Linear``, ``nn.Conv2d``,
 ``nn.BatchNorm1d/2d``, ``nn.ReLU``, ``nn.Sigmoid``, ``nn.Tanh``, ``nn.Flatten``, ``nn.AvgPool2d``,
-``nn.MaxPool2d`` and ``nn.Sequential``, so that :func:`robverify.graph.from_module` can read any zoo model.
+``nn.MaxPool2d`` and ``nn.Sequential``, so that :func:`robverify.ir.graph.from_module` can read any zoo model.
 """
 
 from __future__ import annotations

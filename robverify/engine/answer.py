@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from properties.vnnlib import VnnlibProperty, read_vnnlib
-from robverify.attacks import pgd_attack
-from robverify.bounds import compute_bounds
-from robverify.model import LoadedModel
+from robverify.formats.vnnlib_read import VnnlibProperty, read_vnnlib
+from robverify.engine.attacks import pgd_attack
+from robverify.engine.bounds import compute_bounds
+from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec
-from robverify.vnncomp import Result
+from robverify.formats.vnncomp_result import Result
 
 #: input splitting is tried on networks with at most this many inputs
 SPLIT_MAX_INPUTS = 16

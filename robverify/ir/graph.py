@@ -1,6 +1,6 @@
 """The graph IR: a topologically ordered list of nodes over one input, shared by forward passes, bounds and
-attacks. Built from an ONNX file (:func:`robverify.onnx_import.from_onnx`) or a live ``torch.nn.Module``
-(:func:`robverify.module_import.from_module`, sharing its parameters).
+attacks. Built from an ONNX file (:func:`robverify.ir.from_onnx.from_onnx`) or a live ``torch.nn.Module``
+(:func:`robverify.ir.from_module.from_module`, sharing its parameters).
 
 Every value is batched: the graph input is ``[N, *input_shape]`` and a node's value ``[N, *node.shape]``.
 ``input_shape`` is the shape of ONE sample as the model sees it (``[1, 784, 1]`` for a VNN-COMP network with a

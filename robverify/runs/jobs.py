@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
 from torch import Tensor
 
 from robverify.backends.base import Backend
-from robverify.results import RunDir
-from robverify.search import critical_epsilon
+from robverify.runs.rundir import RunDir
+from robverify.runs.schema import SweepStatus
+from robverify.runs.search import critical_epsilon
+from robverify.runs.sweep import SweepSettings
 from robverify.spec import Verdict, robustness_spec
 
 Progress = Callable[[int], None]
@@ -87,10 +89,11 @@ def run_certify(run: RunDir, backend: Backend, samples: Samples, eps: Sequence[f
     return run.finalize()
 
 
-def run_sweep(run: RunDir, backend: Backend, samples: Samples, *, tol: float = 1e-4,
-              grid: Sequence[float] | None = None, eps_max: float = 1.0, chunk: int = 64,
-              progress: Progress | None = None) -> pd.DataFrame:
-    """The robustness distribution: the bracket ``[eps_lo, eps_hi]`` of every sample (one row each)."""
+def run_sweep(run: RunDir, backend: Backend, samples: Samples, settings: SweepSettings | None = None, *,
+              chunk: int = 64, progress: Progress | None = None) -> pd.DataFrame:
+    """The robustness distribution: the bracket ``[eps_lo, eps_hi]`` of every sample (one row each), by the
+    batched bracket search with ``settings`` (default :class:`SweepSettings()`)."""
+    settings = settings or SweepSettings()
     for idx in _pending(run, samples, chunk):
         start = time.perf_counter()
         x, label = samples.x[idx], samples.label[idx]
@@ -101,14 +104,15 @@ def run_sweep(run: RunDir, backend: Backend, samples: Samples, *, tol: float = 1
         eps_hi = torch.zeros(n, dtype=torch.float64)
         n_calls = torch.zeros(n, dtype=torch.long)
         n_attacks = torch.zeros(n, dtype=torch.long)
-        status = ["misclassified"] * n
+        status = [SweepStatus.MISCLASSIFIED.value] * n
         ok = correct.nonzero().squeeze(1)
         if ok.numel():
-            res = critical_epsilon(backend, x[ok], label[ok], samples.n_classes, tol=tol, grid=grid, eps_max=eps_max)
+            res = critical_epsilon(backend, x[ok], label[ok], samples.n_classes, tol=settings.tol,
+                                   grid=settings.grid, eps_max=settings.eps_max)
             eps_lo[ok], eps_hi[ok] = res.eps_lo, res.eps_hi
             n_calls[ok], n_attacks[ok] = res.n_calls, res.n_attacks
             for j, i in enumerate(ok.tolist()):
-                status[i] = res.status[j]
+                status[i] = SweepStatus(res.status[j]).value
         seconds = time.perf_counter() - start
         rows = pd.DataFrame(_common(run, backend, samples, idx, pred, seconds))
         rows["eps_lo"], rows["eps_hi"] = eps_lo.numpy(), eps_hi.numpy()

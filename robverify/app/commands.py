@@ -1,0 +1,207 @@
+"""The library side of ``certify`` and ``sweep-epsilon``, shared by the command line and the study runner.
+
+:func:`prepare` loads the model and the task's samples (fitted to the model input), builds the backend, and only
+then opens (or resumes) the run directory, so bad input never leaves an empty run behind. :func:`run_sweep_job`
+runs a prepared sweep with its epsilon search, writes ``result_df.csv`` and the figures; :func:`certify` and
+:func:`sweep_epsilon` are the whole commands, progress display included. This module sits above ``trainers`` (it
+reads tasks), which the core modules never import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from robverify.errors import RobverifyError
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Prepared:
+    """A loaded model, its samples, the backend, the open run directory ``out`` and (sweeps) the epsilon search."""
+
+    loaded: Any   # robverify.ir.model.LoadedModel
+    samples: Any  # robverify.runs.jobs.Samples
+    engine: Any   # robverify.backends.Backend
+    run: Any      # robverify.runs.rundir.RunDir
+    out: Path
+    search: Any = None  # robverify.runs.sweep.EpsilonSearch
+
+    @property
+    def done(self) -> int:
+        """Samples already finished by an earlier, interrupted run."""
+        return len({k[0] for k in self.run.done_keys()})
+
+
+def task_for(model: Path, task: str | None) -> str:
+    """``task``, or the task named by the model card beside ``model``."""
+    if task:
+        return task
+    from robverify.formats.model_card import ModelCard, card_path_for
+
+    card = card_path_for(model)
+    if not card.is_file():
+        raise RobverifyError(f"--task is needed: no model card {card} beside {model}")
+    return ModelCard.from_json(card).task
+
+
+def load_samples(model: Any, task: str, n: int, seed: int, data_root: Path | None) -> tuple[Any, dict | None, str]:
+    """The task's seeded test samples fitted to the model input: ``(Samples, reshape record, sha256 of x)``."""
+    import torch
+
+    from robverify.ir.model import inputs_for
+    from robverify.runs.jobs import Samples
+    from trainers.tasks import load_task, sample_test
+
+    data = load_task(task, data_root=data_root, seed=seed)
+    x, y, sample_id = sample_test(data, n, seed=seed)
+    x, reshape = inputs_for(model, x)
+    if model.graph.n_outputs < data.n_classes:
+        raise RobverifyError(f"model has {model.graph.n_outputs} outputs, task {task} has {data.n_classes} classes")
+    digest = hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
+    return Samples(x.to(torch.float32), y, sample_id, str(data.task), model.graph.n_outputs), reshape, digest
+
+
+def check_eps(values: Sequence[float]) -> None:
+    """Every eps finite and ``>= 0``, else a one-line error."""
+    for e in values:
+        if not math.isfinite(e) or e < 0:
+            raise RobverifyError(f"--eps must be a finite number >= 0, got {e}")
+
+
+def backend_options(verifier: str | None = None, verifier_cmd: str | None = None,
+                    timeout: float | None = None) -> Any:
+    """Checked :class:`robverify.backends.BackendOptions`."""
+    from robverify.backends import BackendOptions
+
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise RobverifyError(f"--timeout must be a finite number > 0, got {timeout}")
+    return BackendOptions(verifier=verifier, verifier_cmd=verifier_cmd, timeout=timeout)
+
+
+def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: int, seed: int,
+            data_root: Path | None, device: str, method: str, backend: str, out: Path | None, batch_size: int,
+            options: Any, settings: dict) -> Prepared:
+    """Load model and samples, build the backend, then open (or resume) the run directory of ``command``.
+
+    ``settings`` are the command's own settings; with the common ones they make the run's fingerprint.
+    """
+    from robverify.backends import AttackConfig, get_backend
+    from robverify.ir.model import load_model
+    from robverify.runs.rundir import RunDir
+
+    loaded = load_model(model, device)
+    task = task_for(model, task)
+    samples, reshape, digest = load_samples(loaded, task, n, seed, data_root)
+    engine = get_backend(backend)(loaded, method, batch_size=batch_size, attack=AttackConfig(seed=seed),
+                                  options=options)
+    out = out or Path("runs") / f"{command.split('-')[0]}-{loaded.name}-{method}"
+    common = dict(task=samples.task, n=n, seed=seed, method=method, backend=backend)
+    settings = {**settings, **options.fingerprint()}
+    arguments = dict(model=str(model), device=device, **common, **settings)
+    run = RunDir.open(out, command, arguments, dict(model_sha256=loaded.sha256, **common, **settings), key)
+    run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape)
+    return Prepared(loaded, samples, engine, run, out)
+
+
+def finalize_run(run: Any, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Finalise ``run`` (unless ``table``, its finalised table, is given), then draw its standard figures into
+    ``figures/`` and record them in run.json. Returns the tidy table."""
+    from robverify.analysis.plots import draw_run_figures
+
+    if table is None:
+        table = run.finalize()
+    if not table.empty:
+        run.record_figures(draw_run_figures(table, run.figures_dir))
+    return table
+
+
+# ------------------------------------------------------------------------------------------------------- certify
+
+
+def prepare_certify(model: Path, *, eps: Sequence[float], task: str | None, n: int, method: str, backend: str,
+                    out: Path | None, seed: int, device: str, data_root: Path | None, batch_size: int,
+                    options: Any) -> Prepared:
+    """Check the certify settings and :func:`prepare` it."""
+    from robverify.spec import Method
+
+    check_eps(eps)
+    method = Method.parse(method).value
+    return prepare("certify", ["sample_id", "eps"], model, task=task, n=n, seed=seed, data_root=data_root,
+                   device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
+                   settings=dict(eps=sorted(eps)))
+
+
+def run_certify_job(prep: Prepared, eps: Sequence[float], progress: Progress | None = None) -> pd.DataFrame:
+    """Run a prepared certify to the end (resuming), draw its figures; returns the tidy table."""
+    from robverify.runs.jobs import run_certify
+
+    return finalize_run(prep.run, run_certify(prep.run, prep.engine, prep.samples, eps, progress=progress))
+
+
+def certify(model: Path, *, eps: Sequence[float], console: Any = None, **kwargs: Any) -> tuple[Prepared, pd.DataFrame]:
+    """``robverify certify``: prepare, run with a progress bar on ``console`` (None: silent), finish."""
+    from robverify.app.progress import progress_bar
+
+    prep = prepare_certify(model, eps=eps, **kwargs)
+    with progress_bar(console) as bar:
+        job = bar.add(f"certify {prep.loaded.name} ({prep.engine.method.value})", total=kwargs["n"],
+                      completed=prep.done)
+        table = run_certify_job(prep, eps, progress=lambda k: bar.advance(job, k))
+    return prep, table
+
+
+# -------------------------------------------------------------------------------------------------- sweep-epsilon
+
+
+def prepare_sweep(model: Path, *, task: str | None, n: int, method: str, backend: str, settings: Any,
+                  out: Path | None, seed: int, device: str, data_root: Path | None, batch_size: int,
+                  options: Any) -> Prepared:
+    """Pick the epsilon search of ``backend``, let it check ``settings`` (a :class:`SweepSettings`), and
+    :func:`prepare` the sweep (same fingerprint from the CLI and from a study)."""
+    from robverify.runs.sweep import search_for
+    from robverify.spec import Method
+
+    search = search_for(backend)
+    search.check(settings)
+    method = Method.parse(method).value
+    prep = prepare("sweep-epsilon", ["sample_id"], model, task=task, n=n, seed=seed, data_root=data_root,
+                   device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
+                   settings=settings.fingerprint())
+    prep.search = search
+    return prep
+
+
+def run_sweep_job(prep: Prepared, settings: Any, progress: Progress | None = None) -> pd.DataFrame:
+    """Run a prepared sweep to the end (resuming) with its search, write ``result_df.csv`` and the figures;
+    returns the tidy table."""
+    from robverify.runs.verona_csv import write_verona_result_df
+
+    table = prep.search.sweep(prep.run, prep.engine, prep.samples, settings, progress=progress)
+    write_verona_result_df(table, prep.out / "result_df.csv")
+    return finalize_run(prep.run, table)
+
+
+def sweep_epsilon(model: Path, *, settings: Any, console: Any = None, **kwargs: Any) -> tuple[Prepared, pd.DataFrame]:
+    """``robverify sweep-epsilon``: prepare, run with a progress bar on ``console`` (None: silent), finish."""
+    from robverify.app.progress import progress_bar
+
+    prep = prepare_sweep(model, settings=settings, **kwargs)
+    with progress_bar(console) as bar:
+        job = bar.add(f"sweep {prep.loaded.name} ({prep.engine.method.value})", total=kwargs["n"],
+                      completed=prep.done)
+        table = run_sweep_job(prep, settings, progress=lambda k: bar.advance(job, k))
+    return prep, table
+
+
+def import_verona(result_df: Path, out: Path, *, model: str | None = None, task: str | None = None) -> pd.DataFrame:
+    """``robverify import-verona``: the VERONA file as a run directory, with the figures of a sweep."""
+    from robverify.runs.verona_csv import import_verona_run
+
+    return import_verona_run(result_df, out, model=model, task=task, finish=finalize_run)
