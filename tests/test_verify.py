@@ -163,14 +163,14 @@ def test_missing_model_and_bad_options_are_errors(vnncomp_dir, tmp_path):
 
 def test_per_disjunct_copies_split_the_unsafe_region():
     """Copy k of a spec is unsafe exactly where disjunct k is; their smallest margin is the spec's margin."""
-    from robverify.engine.answer import _per_group
+    from robverify.engine.answer import per_group_spec
     from robverify.spec import Spec
 
     gen = torch.Generator().manual_seed(0)
     C = torch.randn(1, 5, 4, generator=gen)
     d = torch.randn(1, 5, generator=gen)
     spec = Spec(torch.zeros(1, 3), torch.ones(1, 3), C, d, torch.tensor([0, 0, 1, 2, 2]))
-    copies = _per_group(spec)
+    copies = per_group_spec(spec)
     assert copies.batch_size == 3
     y = torch.randn(50, 4, generator=gen)
     for yi in y:

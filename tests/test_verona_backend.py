@@ -32,7 +32,7 @@ if importlib.util.find_spec("ada_verona") is None:  # installed by make install;
     pytest.skip("ada_verona is not installed", allow_module_level=True)
 
 from robverify.backends.verona import parse_verifier  # noqa: E402
-from robverify.runs.verona_search import _bracket, run_verona_sweep  # noqa: E402
+from robverify.runs.verona_search import grid_bracket, run_verona_sweep  # noqa: E402
 
 GRID = [round(0.01 * i, 2) for i in range(0, 13)]
 ATTACK = AttackConfig(steps=10, restarts=1, seed=0)
@@ -120,12 +120,12 @@ def test_one2one_properties(digits, tmp_path):
 
 def test_bracket_from_answers():
     grid = [0.0, 0.1, 0.2, 0.3]
-    assert _bracket([(0.1, "UNSAT"), (0.2, "SAT")], grid, False) == (0.1, 0.2, "exact")
-    assert _bracket([(0.1, "UNSAT"), (0.2, "TIMEOUT"), (0.3, "SAT")], grid, False) == (0.1, 0.3, "gap")
-    assert _bracket([(0.3, "UNSAT")], grid, False) == (0.3, math.inf, "robust")
-    lo, hi, status = _bracket([(0.0, "TIMEOUT")], grid, False)
+    assert grid_bracket([(0.1, "UNSAT"), (0.2, "SAT")], grid, False) == (0.1, 0.2, "exact")
+    assert grid_bracket([(0.1, "UNSAT"), (0.2, "TIMEOUT"), (0.3, "SAT")], grid, False) == (0.1, 0.3, "gap")
+    assert grid_bracket([(0.3, "UNSAT")], grid, False) == (0.3, math.inf, "robust")
+    lo, hi, status = grid_bracket([(0.0, "TIMEOUT")], grid, False)
     assert math.isnan(lo) and hi == math.inf and status == "unverified"
-    assert _bracket([(0.1, "UNSAT"), (0.2, "UNSAT"), (0.3, "SAT")], grid, True) == (0.0, 0.3, "upper-bound")
+    assert grid_bracket([(0.1, "UNSAT"), (0.2, "UNSAT"), (0.3, "SAT")], grid, True) == (0.0, 0.3, "upper-bound")
 
 
 def test_verifier_names():

@@ -26,7 +26,7 @@ from trainers.freezing import freeze, new_head
 from robverify.devices import resolve_device
 from trainers.loop import fit
 from trainers.objectives import Hyper, TrainMethod, make_objective
-from trainers.strategies import TransferContext, get_strategy
+from trainers.strategies import TransferContext, get_strategy, strategies_with_blocks
 from trainers.tasks import TaskData, load_task
 from trainers.training import accuracy
 from trainers.zoo import BlockNet, arch_config, build_model, build_model_from_config
@@ -181,7 +181,7 @@ def transfer_model(source_dir: Path, task: str, strategy: str, out: Path, *, blo
         if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= n_blocks:
             raise RobverifyError(f"--blocks {blocks}: expected 1 to {n_blocks} (the source model has {n_blocks} blocks)")
     elif blocks is not None:
-        raise RobverifyError(f"--blocks only applies to partial-ft and partial-ft-adv, not to {plan.name}")
+        raise RobverifyError(f"--blocks only applies to {' and '.join(strategies_with_blocks())}, not to {plan.name}")
     eps = _check_eps(source_card.training.get("eps", 0.0) if eps is None else eps)
     method = plan.method(params)
     if method.adversarial and eps == 0:
@@ -196,7 +196,7 @@ def transfer_model(source_dir: Path, task: str, strategy: str, out: Path, *, blo
     source_data = load_task(source_card.task, data_root=data_root, seed=seed)
 
     x_fit, y_fit, x_val, y_val = (target.x_train, target.y_train, target.x_train[:0], target.y_train[:0])
-    if plan.name == "rift":
+    if plan.holdout:
         x_fit, y_fit, x_val, y_val = _holdout(target, seed)
     n_probe = min(RIFT_SOURCE_SAMPLES, len(source_data.y_train))
     ctx = TransferContext(source=source, x_source=source_data.x_train[:n_probe], y_source=source_data.y_train[:n_probe],
@@ -215,10 +215,8 @@ def transfer_model(source_dir: Path, task: str, strategy: str, out: Path, *, blo
     training = {"method": method.value, "eps": eps, "epochs": epochs, **params.for_method(method)}
     if plan.needs_blocks:
         training["blocks"] = blocks
-    if plan.name == "lora":
-        training["rank"] = params.rank
-    if plan.name == "rift":
-        training["rift_radius"] = params.rift_radius
+    for name in plan.hyper_keys:
+        training[name] = getattr(params, name)
     key = _key(kind="transfer", parent=parent_hash, task=str(target.task), strategy=plan.name, seed=seed, **training)
     result = fit(model, x_fit, y_fit, make_objective(method, eps, target.n_classes, params), epochs=epochs,
                  lr=params.lr, batch_size=params.batch_size, seed=seed, device=dev, checkpoint=out / "checkpoint.pt",

@@ -24,7 +24,7 @@ from trainers.objectives import Hyper, TrainMethod
 from trainers.rift import ALPHAS, interpolate, module_criticality
 from trainers.zoo import BlockNet
 
-__all__ = ["STRATEGIES", "Strategy", "TransferContext", "get_strategy"]
+__all__ = ["STRATEGIES", "Strategy", "TransferContext", "get_strategy", "strategies_with_blocks"]
 
 
 @dataclass
@@ -122,6 +122,10 @@ class Strategy:
     needs_blocks: bool = False
     scratch: bool = False
     description: str = ""
+    #: trains on part of the target's training set and scores its choices on the held-out rest (RiFT's alpha)
+    holdout: bool = False
+    #: hyper-parameters of :class:`Hyper` this strategy reads, recorded in the card's ``training``
+    hyper_keys: tuple[str, ...] = ()
 
     def method(self, hyper: Hyper) -> TrainMethod:
         """The training method this strategy uses under ``hyper``."""
@@ -142,9 +146,10 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("partial-ft", "standard", _last_blocks, needs_blocks=True, description="last K blocks + head"),
         Strategy("partial-ft-adv", "adversarial", _last_blocks, needs_blocks=True,
                  description="last K blocks + head, adversarially"),
-        Strategy("rift", "standard", _least_critical, _interpolate,
+        Strategy("rift", "standard", _least_critical, _interpolate, holdout=True, hyper_keys=("rift_radius",),
                  description="least robustness-critical layer, interpolated with the source"),
-        Strategy("lora", "standard", _lora, _merge, description="low-rank adapters, merged for export"),
+        Strategy("lora", "standard", _lora, _merge, hyper_keys=("rank",),
+                 description="low-rank adapters, merged for export"),
         Strategy("bn-adapt", "standard", _batchnorm, description="BatchNorm statistics and affine + head"),
         Strategy("certified-ft", "certified", _all, description="everything trains with IBP / CROWN-IBP"),
         Strategy("scratch", "standard", _all, scratch=True, description="the architecture trained on the target"),
@@ -160,3 +165,9 @@ def get_strategy(name: str) -> Strategy:
         return STRATEGIES[name]
     except KeyError:
         raise RobverifyError(f"unknown strategy: expected one of {', '.join(STRATEGIES)}, got {name!r}") from None
+
+
+def strategies_with_blocks() -> list[str]:
+    """The strategies that take ``--blocks K``."""
+    return [name for name, s in STRATEGIES.items() if s.needs_blocks]
+

@@ -25,19 +25,19 @@ from robverify.errors import RobverifyError
 __all__ = ["EPS_LABEL", "plot_certified_accuracy", "plot_ecdf"]
 
 EPS_LABEL = "epsilon (L-inf, pixel scale [0,1])"
-_RC = {"svg.hashsalt": "robverify", "svg.fonttype": "none", "font.size": 10}
+PLOT_STYLE = {"svg.hashsalt": "robverify", "svg.fonttype": "none", "font.size": 10}
 
 
 @contextlib.contextmanager
 def _figure() -> Iterator[tuple[Figure, object]]:
     """A fresh figure and axes under a local style (restored on exit)."""
-    with sns.axes_style("whitegrid"), matplotlib.rc_context(_RC):
+    with sns.axes_style("whitegrid"), matplotlib.rc_context(PLOT_STYLE):
         fig = Figure(figsize=(6.4, 4.4), layout="constrained")
         FigureCanvasAgg(fig)
         yield fig, fig.add_subplot()
 
 
-def _save(fig: Figure, out_dir: Path, name: str) -> None:
+def save_figure(fig: Figure, out_dir: Path, name: str) -> None:
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def plot_ecdf(df: pd.DataFrame, out_dir: Path, name: str = "ecdf") -> dict[str, 
                      "solid = certified lower bound, dashed = falsified upper bound")
         if dist:
             ax.legend(loc="lower right", fontsize="small")
-        _save(fig, out_dir, name)
+        save_figure(fig, out_dir, name)
     return drawn
 
 
@@ -137,7 +137,7 @@ def plot_certified_accuracy(
         ax.set_title("Certified accuracy (solid) and falsification upper bound (dashed)")
         if names:
             ax.legend(loc="upper right", fontsize="small")
-        _save(fig, out_dir, name)
+        save_figure(fig, out_dir, name)
     return drawn
 
 

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from robverify.analysis.distribution import correctly_classified
-from robverify.analysis.plots import _RC, EPS_LABEL, _save
+from robverify.analysis.plots import EPS_LABEL, PLOT_STYLE, save_figure
 
 __all__ = ["pareto_front", "plot_pareto", "plot_radius_by_strategy", "plot_radius_vs_similarity",
            "plot_training_cost"]
@@ -27,7 +27,7 @@ __all__ = ["pareto_front", "plot_pareto", "plot_radius_by_strategy", "plot_radiu
 
 @contextlib.contextmanager
 def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.4) -> Iterator[tuple[Figure, list]]:
-    with sns.axes_style("whitegrid"), matplotlib.rc_context(_RC):
+    with sns.axes_style("whitegrid"), matplotlib.rc_context(PLOT_STYLE):
         fig = Figure(figsize=(width, height), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, ncols, squeeze=False)[0]
@@ -69,7 +69,7 @@ def plot_radius_by_strategy(table: pd.DataFrame, out_dir: Path, name: str = "rad
         ax.set_title("Certified radius of correctly classified samples per strategy")
         handles = [matplotlib.patches.Patch(color=colours[s], label=s) for s in strategies]
         ax.legend(handles=handles, loc="upper right", fontsize="small")
-        _save(fig, out_dir, name)
+        save_figure(fig, out_dir, name)
     return drawn
 
 
@@ -109,7 +109,7 @@ def plot_radius_vs_similarity(points: pd.DataFrame, measures: Sequence[str], out
         if measures:
             axes[-1].legend(loc="best", fontsize="x-small")
         fig.suptitle("Median certified radius vs task similarity (lines: least-squares per strategy)")
-        _save(fig, out_dir, name)
+        save_figure(fig, out_dir, name)
     return drawn
 
 
@@ -154,7 +154,7 @@ def plot_pareto(points: pd.DataFrame, eps: float, out_dir: Path, name: str = "pa
             ax.set_xlabel("clean accuracy")
             ax.set_ylabel(f"certified accuracy at eps {eps:.3g}")
         fig.suptitle("Clean vs certified accuracy (dashed: Pareto front)")
-        _save(fig, out_dir, name)
+        save_figure(fig, out_dir, name)
     return drawn
 
 
@@ -183,5 +183,5 @@ def plot_training_cost(points: pd.DataFrame, out_dir: Path, name: str = "trainin
         ax.set_title("Training cost per strategy and target task")
         if strategies:
             ax.legend(loc="upper right", fontsize="small")
-        _save(fig, out_dir, name)
+        save_figure(fig, out_dir, name)
     return drawn

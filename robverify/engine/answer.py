@@ -92,7 +92,7 @@ def _attack(model: LoadedModel, item: _Open, steps: int, restarts: int, seed: in
     disjunct's gradient instead of only the currently smallest one."""
     if item.inner is None:
         return None
-    spec = _per_group(item.inner) if per_group else item.inner
+    spec = per_group_spec(item.inner) if per_group else item.inner
     result = pgd_attack(model.graph, spec, steps=steps, restarts=restarts, seed=seed)
     # confirm every final point, even one whose margin the IR puts at 0 (rounding)
     return _first_confirmed(model, item, result.x_adv.detach().cpu())
@@ -109,7 +109,7 @@ def _first_confirmed(model: LoadedModel, item: _Open, xs: Tensor) -> Tensor | No
     return xs[ok.nonzero()[0]] if bool(ok.any()) else None
 
 
-def _per_group(spec: Spec) -> Spec:
+def per_group_spec(spec: Spec) -> Spec:
     """A batch of one spec per disjunct of ``spec`` (batch of one): in copy ``k`` the rows of the other
     disjuncts become ``0·y <= -1e30``, which never holds, so copy ``k``'s unsafe region (and margin) is
     disjunct ``k``'s alone."""

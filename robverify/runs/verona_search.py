@@ -47,7 +47,7 @@ def _experiment(run: RunDir, backend: VeronaBackend):
     return repo
 
 
-def _bracket(calls: list[tuple[float, str]], grid: Sequence[float], attack: bool) -> tuple[float, float, str]:
+def grid_bracket(calls: list[tuple[float, str]], grid: Sequence[float], attack: bool) -> tuple[float, float, str]:
     """``(eps_lo, eps_hi, status)`` of one sample from its ``(eps, result)`` answers."""
     unsat = [e for e, r in calls if r == "UNSAT"]
     sat = [e for e, r in calls if r == "SAT"]
@@ -111,7 +111,7 @@ def run_verona_sweep(run: RunDir, backend: VeronaBackend, samples: Samples, grid
         for j, s in enumerate(sid.tolist()):
             calls = log.for_image(s)
             if s in verona_eps:
-                eps_lo, eps_hi, status = _bracket(calls, epsilons, backend.is_attack)
+                eps_lo, eps_hi, status = grid_bracket(calls, epsilons, backend.is_attack)
                 ev, ss = verona_eps[s]
             else:
                 eps_lo, eps_hi, status = 0.0, 0.0, SweepStatus.MISCLASSIFIED.value
