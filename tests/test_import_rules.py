@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: the floors of robverify, bottom up; a module may import its own floor and the floors below
 FLOORS: list[set[str]] = [
-    {"robverify", "robverify.errors", "robverify.enums", "robverify.files", "robverify.devices", "robverify.spec"},
+    {"robverify", "robverify.errors", "robverify.enums", "robverify.files", "robverify.devices", "robverify.progress",
+     "robverify.spec"},
     {"robverify.ops", "robverify.formats"},
     {"robverify.ir"},
     {"robverify.engine"},

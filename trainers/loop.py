@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from robverify.errors import RobverifyError
 from robverify.files import atomic_write
+from robverify.progress import progress_bar
 
 __all__ = ["FitResult", "Objective", "fit", "set_train_mode"]
 
@@ -147,43 +148,36 @@ def fit(
         log.info("resuming %s after epoch %d from %s", description, start_epoch - 1, checkpoint)
     resumed = start_epoch - 1
 
-    bar = task = None
-    if progress and start_epoch <= epochs:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       transient=True)
-        task = bar.add_task(description, total=total, completed=resumed * per_epoch)
-        bar.start()
     try:
-        for epoch in range(start_epoch, epochs + 1):
-            began = time.perf_counter()
-            set_train_mode(model)
-            loss_sum, seen = torch.zeros((), device=device), 0
-            for step, idx in enumerate(_batches(n, batch_size, generator)):
-                xb, yb = x[idx].to(device), y[idx].to(device)
-                loss = objective(model, xb, yb, ((epoch - 1) * per_epoch + step) / total)
-                if not torch.isfinite(loss):
-                    raise RobverifyError(f"{description} diverged: loss is {loss.item()} at epoch {epoch}, "
-                                         f"step {step + 1} (try a smaller learning rate than {lr:g})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(idx)
-                seen += len(idx)
-                if bar is not None:
-                    bar.update(task, advance=1, description=f"{description} {epoch}/{epochs} loss {loss.item():.4f}")
-            final_loss = float(loss_sum / max(seen, 1))
-            elapsed += time.perf_counter() - began
-            if checkpoint is not None:
-                _save_atomic({"key": key, "epoch": epoch, "model": model.state_dict(),
-                              "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                              "rng": torch.get_rng_state(), "elapsed": elapsed, "final_loss": final_loss},
-                             checkpoint)
-            if after_epoch is not None:
-                after_epoch(epoch)
+        with progress_bar(bool(progress) and start_epoch <= epochs, transient=True) as bar:
+            task = bar.add(description, total=total, completed=resumed * per_epoch)
+            for epoch in range(start_epoch, epochs + 1):
+                began = time.perf_counter()
+                set_train_mode(model)
+                loss_sum, seen = torch.zeros((), device=device), 0
+                for step, idx in enumerate(_batches(n, batch_size, generator)):
+                    xb, yb = x[idx].to(device), y[idx].to(device)
+                    loss = objective(model, xb, yb, ((epoch - 1) * per_epoch + step) / total)
+                    if not torch.isfinite(loss):
+                        raise RobverifyError(f"{description} diverged: loss is {loss.item()} at epoch {epoch}, "
+                                             f"step {step + 1} (try a smaller learning rate than {lr:g})")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.detach() * len(idx)
+                    seen += len(idx)
+                    if bar.active:
+                        bar.advance(task, 1)
+                        bar.describe(task, f"{description} {epoch}/{epochs} loss {loss.item():.4f}")
+                final_loss = float(loss_sum / max(seen, 1))
+                elapsed += time.perf_counter() - began
+                if checkpoint is not None:
+                    _save_atomic({"key": key, "epoch": epoch, "model": model.state_dict(),
+                                  "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                                  "rng": torch.get_rng_state(), "elapsed": elapsed, "final_loss": final_loss},
+                                 checkpoint)
+                if after_epoch is not None:
+                    after_epoch(epoch)
     finally:
-        if bar is not None:
-            bar.stop()
         model.eval()
     return FitResult(elapsed, final_loss, resumed)

@@ -147,7 +147,7 @@ def run_certify_job(prep: Prepared, eps: Sequence[float], progress: Progress | N
 
 def certify(model: Path, *, eps: Sequence[float], console: Any = None, **kwargs: Any) -> tuple[Prepared, pd.DataFrame]:
     """``robverify certify``: prepare, run with a progress bar on ``console`` (None: silent), finish."""
-    from robverify.app.progress import progress_bar
+    from robverify.progress import progress_bar
 
     prep = prepare_certify(model, eps=eps, **kwargs)
     with progress_bar(console) as bar:
@@ -190,7 +190,7 @@ def run_sweep_job(prep: Prepared, settings: Any, progress: Progress | None = Non
 
 def sweep_epsilon(model: Path, *, settings: Any, console: Any = None, **kwargs: Any) -> tuple[Prepared, pd.DataFrame]:
     """``robverify sweep-epsilon``: prepare, run with a progress bar on ``console`` (None: silent), finish."""
-    from robverify.app.progress import progress_bar
+    from robverify.progress import progress_bar
 
     prep = prepare_sweep(model, settings=settings, **kwargs)
     with progress_bar(console) as bar:

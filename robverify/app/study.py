@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robverify.app.progress import Bar, progress_bar
+from robverify.progress import Bar, progress_bar
 from robverify.errors import RobverifyError
 from robverify.files import atomic_write_text, file_sha256
 

@@ -1,4 +1,4 @@
-"""The one progress-bar factory of the command line and the study runner (rich, on stderr)."""
+"""The one progress-bar factory (rich, on stderr) of the commands, the study runner and the training loop."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ class Bar:
 
     def __init__(self, progress: Any | None) -> None:
         self._progress = progress
+
+    @property
+    def active(self) -> bool:
+        """True when something is displayed."""
+        return self._progress is not None
 
     def add(self, description: str, total: int | None, completed: int = 0) -> int | None:
         """A new task line; returns its handle (None without a display)."""
@@ -38,14 +43,18 @@ class Bar:
 
 
 @contextlib.contextmanager
-def progress_bar(console: Any | None) -> Iterator[Bar]:
-    """``with progress_bar(console) as bar:`` a live display on ``console`` (a ``rich.console.Console``), or a
-    silent :class:`Bar` when ``console`` is None."""
-    if console is None:
+def progress_bar(console: Any | bool | None, *, transient: bool = False) -> Iterator[Bar]:
+    """``with progress_bar(console) as bar:`` a live display on ``console`` (a ``rich.console.Console``; ``True``:
+    a console on stderr), or a silent :class:`Bar` when ``console`` is None or False. ``transient``: the display
+    disappears when done."""
+    if console is None or console is False:
         yield Bar(None)
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if console is True:
+        console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+                  console=console, transient=transient) as progress:
         yield Bar(progress)
