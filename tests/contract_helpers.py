@@ -41,6 +41,8 @@ def plain_net() -> nn.Module:
 
 #: the first input element above which the overflow networks stop computing finite outputs
 TRIGGER = 0.999
+#: the output of ``overflow_net("inf")`` that becomes +inf (not the class plain_net gives near x_0 = 1)
+INF_OUTPUT = 0
 _BIG = 1e30
 
 
@@ -50,8 +52,8 @@ def overflow_net(kind: str) -> nn.Module:
     arithmetic the network is :func:`plain_net` everywhere.
 
     ``"nan"``: a second layer turns ``h`` into ``inf`` and the last layer multiplies it by 0 (``0 * inf``): every
-    output is NaN (in onnxruntime and in torch). ``"inf"``: the last layer adds ``1e30 h - 1e30 h`` to output 0:
-    onnxruntime computes ``+inf``, torch ``NaN``."""
+    output is NaN (in onnxruntime and in torch). ``"inf"``: the last layer adds ``1e30 h - 1e30 h`` to output
+    :data:`INF_OUTPUT`: onnxruntime computes ``+inf`` there, torch ``NaN``."""
     base = plain_net()
     l1, l2 = base[1], base[3]
     with torch.no_grad():
@@ -67,7 +69,7 @@ def overflow_net(kind: str) -> nn.Module:
             last.weight.zero_()
             last.weight[:, :10] = l2.weight
             last.bias.copy_(l2.bias)
-            last.weight[0, 10], last.weight[0, 11] = _BIG, -_BIG
+            last.weight[INF_OUTPUT, 10], last.weight[INF_OUTPUT, 11] = _BIG, -_BIG
             return nn.Sequential(nn.Flatten(), first, nn.ReLU(), last).eval()
         if kind != "nan":
             raise ValueError(f"overflow_net: expected 'nan' or 'inf', got {kind!r}")
@@ -117,11 +119,13 @@ def spec_arrays(spec: Spec) -> tuple[np.ndarray, ...]:
 
 def unsafe(C: np.ndarray, d: np.ndarray, group: np.ndarray, y: np.ndarray) -> np.ndarray:
     """VNN-LIB semantics of one sample's unsafe region for outputs ``y`` ``[M, n_out]``: ``[M]`` bool, True where
-    some group has every row ``C.y <= d`` (a NaN row is never ``<= d``)."""
-    rows = y @ C.T - d  # [M, S]
-    hit = np.zeros(y.shape[0], dtype=bool)
-    for k in np.unique(group):
-        with np.errstate(invalid="ignore"):
+    some group has every row ``C.y <= d``. A row involves only the outputs it names (non-zero coefficients), so an
+    infinite output elsewhere does not touch it; a NaN row is never ``<= d``."""
+    with np.errstate(invalid="ignore"):
+        terms = np.where(C[None] != 0, C[None] * y[:, None, :], 0.0)  # [M, S, n_out]
+        rows = terms.sum(axis=2) - d  # [M, S]
+        hit = np.zeros(y.shape[0], dtype=bool)
+        for k in np.unique(group):
             hit |= np.all(rows[:, group == k] <= 0, axis=1)
     return hit
 
@@ -182,7 +186,8 @@ corners = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) if n <= 12 else np.
 unit = np.concatenate([np.full((1, n), 0.5), corners, np.random.default_rng(0).random((2000, n))])
 x = np.clip(lo + unit * (hi - lo), lo, hi).astype(np.float32)
 x = x[np.all((x >= lo) & (x <= hi), axis=1)]
-y = np.asarray(sess.run(None, {inp.name: x.reshape(x.shape[0], *[int(s) for s in inp.shape[1:]])})[0]).reshape(x.shape[0], -1)
+shape = [int(s) for s in inp.shape[1:]]
+y = np.asarray(sess.run(None, {inp.name: x.reshape(x.shape[0], *shape)})[0]).reshape(x.shape[0], -1)
 answer = "unknown\n"
 for m in range(x.shape[0]):
     if any(all(y[m, int(a)] <= y[m, int(b)] for a, b in g) for g in groups):
