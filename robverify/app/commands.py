@@ -106,7 +106,7 @@ def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: i
     settings = {**settings, **options.fingerprint()}
     arguments = dict(model=str(model), device=device, **common, **settings)
     run = RunDir.open(out, command, arguments, dict(model_sha256=loaded.sha256, **common, **settings), key)
-    run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape)
+    run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape, verifiers=engine.provenance())
     return Prepared(loaded, samples, engine, run, out)
 
 

@@ -10,6 +10,7 @@ an ``unsat`` contradicted by a confirmed PGD counterexample is recorded as an er
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -25,6 +26,14 @@ from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
 
 log = logging.getLogger(__name__)
+
+
+def distribution_version(name: str) -> str | None:
+    """The installed version of the distribution ``name`` (e.g. ``"maraboupy"``), None when it is absent."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,11 @@ class Backend(ABC):
         self.batch_size = batch_size
         self.attack = attack or AttackConfig()
         self._known: dict[bytes, Tensor] = {}  # counterexamples confirmed outside PGD, by spec content
+
+    def provenance(self) -> dict[str, str | None]:
+        """The verifier libraries (name -> installed version) or external tools this backend used, for run.json.
+        robverify's own engine and torch are recorded with every run anyway: the base class names none."""
+        return {}
 
     @staticmethod
     def _spec_key(spec: Spec, i: int) -> bytes:

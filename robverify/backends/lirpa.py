@@ -137,6 +137,12 @@ class LirpaBackend(Backend):
                                             self.device)
         self._check_parity()
 
+    def provenance(self) -> dict[str, str | None]:
+        """``{"auto_LiRPA": its installed version}``."""
+        from robverify.backends.lirpa_compat import installed_version
+
+        return {"auto_LiRPA": installed_version()}
+
     def _check_parity(self, n: int = 8, tol: float = 1e-4) -> None:
         """The converted network must compute what onnxruntime computes on a few random inputs."""
         gen = torch.Generator().manual_seed(0)
