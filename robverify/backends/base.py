@@ -22,6 +22,7 @@ from torch import Tensor
 
 from robverify.engine.attacks import pgd_attack
 from robverify.engine.bounds import compute_bounds
+from robverify.ir.layout import fit_batch_of, fit_spec, in_layout_of
 from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
 
@@ -128,7 +129,9 @@ class Backend(ABC):
 
     def verify(self, spec: Spec) -> VerifyResult:
         """``verified`` where the sound bound is ``> 0`` or (complete backends) the verifier proved the spec;
-        ``margin_lb`` stays the bound, so a proved spec may carry ``margin_lb <= 0``."""
+        ``margin_lb`` stays the bound, so a proved spec may carry ``margin_lb <= 0``. Boxes in either layout of
+        :mod:`robverify.ir.layout`; a spec that does not fit the model is a RobverifyError."""
+        spec = fit_spec(self.model.graph, spec)
         margins = []
         for start in range(0, spec.batch_size, self.batch_size):
             index = torch.arange(start, min(start + self.batch_size, spec.batch_size), device=spec.x_lo.device)
@@ -147,7 +150,11 @@ class Backend(ABC):
 
     def falsify(self, spec: Spec, x_ref: Tensor) -> FalsifyResult:
         """Search counterexamples and keep those onnxruntime confirms. ``x_ref`` ``[B, *in]``: the clean
-        samples, for the distance."""
+        samples, for the distance. Either layout of :mod:`robverify.ir.layout`; ``x_adv`` comes back in the
+        layout of ``spec``'s boxes."""
+        given = spec.x_lo
+        spec = fit_spec(self.model.graph, spec)
+        x_ref = fit_batch_of(self.model.graph, x_ref, spec.batch_size, "reference batch x_ref")
         xs, found = [], []
         for start in range(0, spec.batch_size, self.batch_size):
             index = torch.arange(start, min(start + self.batch_size, spec.batch_size), device=spec.x_lo.device)
@@ -165,7 +172,7 @@ class Backend(ABC):
         confirmed = self.model.confirm(spec, x_adv, found)
         dist = (x_adv.double() - x_ref.detach().cpu().double()).flatten(1).abs().amax(dim=1)
         distance = torch.where(confirmed, dist, torch.full_like(dist, torch.inf))
-        return FalsifyResult(confirmed, x_adv, distance)
+        return FalsifyResult(confirmed, in_layout_of(x_adv, given), distance)
 
 
 @dataclass(frozen=True)
