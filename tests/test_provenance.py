@@ -11,7 +11,6 @@ import stat
 from pathlib import Path
 
 import pytest
-import torch
 
 from robverify.app.commands import backend_options, prepare_certify
 from robverify.backends import BackendOptions, get_backend
