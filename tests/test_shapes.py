@@ -216,3 +216,22 @@ def test_vnncomp_rank_one_input_is_one_sample(vnncomp_dir):
     rows = compute_bounds(model.graph, spec, "crown").rows_lb
     assert rows.shape == (6, 1) and bool(torch.isfinite(rows).all())
     assert math.isfinite(float(np.asarray(model.runtime.logits(x)).sum()))
+
+
+@pytest.mark.parametrize("layout", ["natural", "graph"])
+def test_empty_batches_give_empty_answers(cnn, layout):
+    """A batch of no samples (e.g. none correctly classified) is answered, not crashed on."""
+    _, fixed, _ = cnn
+    x = torch.rand(0, 1, 28, 28) if layout == "natural" else torch.rand(0, 1, 1, 28, 28)
+    spec = robustness_spec(x, torch.zeros(0, dtype=torch.long), 0.01, N_CLASSES)
+    for method in Method:
+        result = compute_bounds(fixed.graph, spec, method)
+        assert result.rows_lb.shape == (0, N_CLASSES - 1) and result.margin_lb.shape == (0,)
+    lo, _ = interval_bounds(fixed.graph, x, x)
+    assert lo.shape == (0, 1, N_CLASSES)
+    assert pgd_attack(fixed.graph, spec).x_adv.shape == x.shape
+    assert fixed.predict(x).shape == (0,) and fixed.graph(x).shape == (0, N_CLASSES)
+    backend = get_backend("native")(fixed, "crown")
+    assert backend.verify(spec).verified.shape == (0,)
+    falsified = backend.falsify(spec, x)
+    assert falsified.x_adv.shape == x.shape and falsified.distance.shape == (0,)

@@ -161,8 +161,8 @@ class Backend(ABC):
             x, f = self._candidates(spec.select(index))
             xs.append(x.detach().cpu())
             found.append(f.detach().cpu())
-        x_adv = torch.cat(xs)
-        found = torch.cat(found)
+        x_adv = torch.cat(xs) if xs else spec.x_lo.detach().cpu().clone()  # (an empty batch)
+        found = torch.cat(found) if found else torch.zeros(0, dtype=torch.bool)
         if self._known:
             for i in (~found).nonzero().squeeze(1).tolist():
                 known = self._known.get(self._spec_key(spec, i))

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from robverify.ir.graph import Graph, Node
-from robverify.ir.layout import fit_box, fit_spec
+from robverify.ir.layout import empty_bounds, fit_box, fit_spec
 from robverify.ops import Relu
 from robverify.ops.base import Box, LinearOp
 from robverify.engine.receptive_field import conv_chain_bounds, find_conv_chain, row_width
@@ -62,6 +62,7 @@ def compute_bounds(graph: Graph, spec: Spec, method: Method | str = Method.CROWN
     """Lower bounds of every spec row over the input boxes. Shapes: spec of batch B with S rows -> ``[B, S]``;
     boxes ``[B, *graph.input_shape]`` (or the natural batch of :mod:`robverify.ir.layout`), else RobverifyError."""
     spec = fit_spec(graph, spec)
+    if spec.batch_size == 0: return BoundResult(*empty_bounds(graph, spec))  # noqa: E701 (no boxes, no work)
     method = Method.parse(method)
     opts = options or BoundOptions()
     spec = spec.to(graph.device, graph.dtype)

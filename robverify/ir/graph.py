@@ -130,7 +130,7 @@ class Graph:
 
     def logits(self, x: Tensor) -> Tensor:
         """Flattened output ``[N, n_outputs]``."""
-        return self.forward(x).reshape(x.shape[0], -1)
+        return self.forward(x).reshape(x.shape[0], self.n_outputs)  # (-1 is ambiguous for an empty batch)
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.logits(x)

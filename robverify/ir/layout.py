@@ -28,7 +28,7 @@ from robverify.spec import Spec
 if TYPE_CHECKING:
     from robverify.ir.graph import Graph
 
-__all__ = ["accepted_shapes", "describe_input", "fit_batch_of", "fit_box", "fit_input", "fit_shape", "fit_spec", "in_layout_of",
+__all__ = ["accepted_shapes", "describe_input", "empty_bounds", "fit_batch_of", "fit_box", "fit_input", "fit_shape", "fit_spec", "in_layout_of",
            "natural_shape"]
 
 
@@ -108,6 +108,12 @@ def fit_spec(graph: "Graph", spec: Spec) -> Spec:
     if x_lo is spec.x_lo:
         return spec
     return Spec(x_lo, spec.x_hi.unsqueeze(1), spec.C, spec.d, spec.group)
+
+
+def empty_bounds(graph: "Graph", spec: Spec) -> tuple[Tensor, Tensor]:
+    """The bounds of an empty batch: rows ``[0, S]`` and margins ``[0]`` (graph's dtype and device)."""
+    rows = spec.C.new_zeros((0, spec.C.shape[1])).to(graph.device, graph.dtype)
+    return rows, rows.new_zeros(0)
 
 
 def in_layout_of(x: Tensor, like: Tensor) -> Tensor:

@@ -36,6 +36,8 @@ class LoadedModel:
         """Labels predicted by onnxruntime ``[N]`` for ``[N, *input_shape]`` (or the natural batch of
         :mod:`robverify.ir.layout`); a batch that fits neither is a RobverifyError."""
         x = fit_input(self.graph, x)
+        if x.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.long)
         return torch.from_numpy(self.runtime.logits(x).argmax(axis=1))
 
     def confirm(self, spec: Spec, x_adv: Tensor, candidates: Tensor) -> Tensor:
