@@ -44,8 +44,10 @@ def _conv_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) 
 
 
 @st.composite
-def image_layers(draw, shape: tuple[int, int, int]) -> tuple[list[tuple], tuple[int, int, int]]:
-    """Layer descriptions for an image network on ``shape`` and the shape they produce."""
+def image_layers(draw, shape: tuple[int, int, int], width: int = 3
+                 ) -> tuple[list[tuple], tuple[int, int, int]]:
+    """Layer descriptions for an image network on ``shape`` (up to ``2 * width`` channels) and the shape they
+    produce."""
     c, h, w = shape
     layers: list[tuple] = []
     if draw(st.booleans()):
@@ -58,7 +60,7 @@ def image_layers(draw, shape: tuple[int, int, int]) -> tuple[list[tuple], tuple[
             dilation = draw(st.sampled_from([1, 1, 2])) if k > 1 else 1
             pad = draw(st.integers(0, dilation * (k // 2)))
             groups = 2 if c % 2 == 0 and draw(st.booleans()) else 1
-            out = groups * draw(st.integers(1, 3))
+            out = groups * draw(st.integers(1, width))
             if _conv_out(h, k, stride, pad, dilation) < 1 or _conv_out(w, k, stride, pad, dilation) < 1:
                 continue
             bn = draw(st.booleans())
@@ -78,7 +80,7 @@ def image_layers(draw, shape: tuple[int, int, int]) -> tuple[list[tuple], tuple[
             h, w = _conv_out(h, k, stride, pad, dilation), _conv_out(w, k, stride, pad, dilation)
         else:
             stride = 1 if kind == "residual" else draw(st.integers(1, 2))
-            out = c if kind == "residual" else draw(st.integers(1, 4))
+            out = c if kind == "residual" else draw(st.integers(1, width + 1))
             bn = draw(st.booleans())
             layers.append(("residual", c, out, stride, bn))
             c, h, w = out, _conv_out(h, 3, stride, 1), _conv_out(w, 3, stride, 1)
@@ -86,18 +88,18 @@ def image_layers(draw, shape: tuple[int, int, int]) -> tuple[list[tuple], tuple[
 
 
 @st.composite
-def networks(draw) -> dict:
+def networks(draw, max_side: int = 10, width: int = 3) -> dict:
     """A network description: ``input_shape``, ``layers``, ``hidden``, ``n_classes``, ``seed``."""
     if draw(st.sampled_from(["mlp", "image", "image"])) == "mlp":
         shape: tuple[int, ...] = (draw(st.integers(2, 10)),)
-        layers = [("linear", draw(st.integers(2, 12)), draw(st.sampled_from(["relu", "relu", "sigmoid", "tanh"])),
+        layers = [("linear", draw(st.integers(2, 4 * width)), draw(st.sampled_from(["relu", "relu", "sigmoid", "tanh"])),
                    draw(st.booleans())) for _ in range(draw(st.integers(1, 3)))]
     else:
-        side = draw(st.integers(3, 10))
+        side = draw(st.integers(3, max_side))
         shape = (draw(st.integers(1, 3)), side, draw(st.sampled_from([side, side + 1])))
-        layers, _ = draw(image_layers(shape))
+        layers, _ = draw(image_layers(shape, width))
     return {"input_shape": shape, "layers": layers,
-            "hidden": draw(st.sampled_from([None, 4, 9])), "n_classes": draw(st.integers(2, 5)),
+            "hidden": draw(st.sampled_from([None, 4, 3 * width])), "n_classes": draw(st.integers(2, 5)),
             "seed": draw(st.integers(0, 2**16))}
 
 
@@ -268,4 +270,14 @@ def test_random_networks_bounds_are_sound(dynamic, desc, batch, data_seed):
 @_SLOW
 @given(desc=networks(), batch=st.integers(1, 17), data_seed=st.integers(0, 1000))
 def test_random_networks_bounds_are_sound_many(dynamic, desc, batch, data_seed):
+    check_network(desc, dynamic, batch, data_seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=80, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(desc=networks(max_side=16, width=12), dynamic=st.booleans(), batch=st.integers(1, 17),
+       data_seed=st.integers(0, 1000))
+def test_wider_random_networks_bounds_are_sound(desc, dynamic, batch, data_seed):
+    """Wider networks (up to 24 channels, 16x17 images): the chunked and receptive-field paths of CROWN."""
     check_network(desc, dynamic, batch, data_seed)

@@ -235,3 +235,61 @@ def test_empty_batches_give_empty_answers(cnn, layout):
     assert backend.verify(spec).verified.shape == (0,)
     falsified = backend.falsify(spec, x)
     assert falsified.x_adv.shape == x.shape and falsified.distance.shape == (0,)
+
+
+# ------------------------------------------------------------------------------------------------ every backend
+
+_NEEDS = {"lirpa": "auto_LiRPA", "verona": "ada_verona", "marabou": "maraboupy"}
+
+
+def _backend_options(name: str, folder: Path):
+    from robverify.backends import BackendOptions
+
+    if name == "verona":
+        return BackendOptions(verifier="native-crown")
+    if name == "external":
+        script = folder / "run_instance.sh"
+        script.write_text("#!/bin/sh\necho unknown > \"$5\"\n")
+        script.chmod(0o755)
+        return BackendOptions(verifier_cmd=str(script), timeout=10.0)
+    return BackendOptions(timeout=10.0)
+
+
+@pytest.fixture(scope="module")
+def small_fixed(tmp_path_factory):
+    """A small CNN exported with torch's default fixed batch of 1 (input ``[1, 1, 6, 6]``), 3 classes."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 8), nn.ReLU(),
+                        nn.Linear(8, 3)).eval()
+    root = tmp_path_factory.mktemp("small")
+    return net, load_model(_export(net, root / "small.onnx", (1, 6, 6), dynamic=False)), root
+
+
+@pytest.mark.parametrize("name", ["native", "lirpa", "verona", "marabou", "external"])
+def test_every_backend_takes_the_natural_batch_and_refuses_misfits(small_fixed, name):
+    import importlib.util
+
+    from robverify.backends import backend_names
+
+    assert name in backend_names()
+    if name in _NEEDS and importlib.util.find_spec(_NEEDS[name]) is None:
+        pytest.skip(f"{_NEEDS[name]} is not installed")
+    net, model, root = small_fixed
+    backend = get_backend(name)(model, "crown", attack=AttackConfig(steps=10, restarts=1),
+                                options=_backend_options(name, root))
+    x = torch.rand((4, 1, 6, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        label = net(x).argmax(1)
+    spec = robustness_spec(x, label, torch.tensor([0.0, 0.01, 0.05, 0.3]), 3)
+    natural = backend.verify(spec)
+    own = get_backend("native")(model, "crown").verify(
+        Spec(spec.x_lo.unsqueeze(1), spec.x_hi.unsqueeze(1), spec.C, spec.d, spec.group))
+    assert natural.verified.shape == (4,) and bool(natural.verified[0])  # eps 0: the clean point
+    if name in ("native", "verona"):
+        assert torch.equal(natural.margin_lb, own.margin_lb)
+    falsified = backend.falsify(spec, x)
+    assert falsified.x_adv.shape == x.shape
+    assert not bool((falsified.falsified & natural.verified).any())
+    bad = robustness_spec(torch.rand(4, 36), label, 0.01, 3)
+    _refused(lambda: backend.verify(bad), "[4, 36]", "[1, 1, 6, 6]")
+    _refused(lambda: backend.falsify(bad, torch.rand(4, 36)), "[4, 36]", "[1, 1, 6, 6]")
