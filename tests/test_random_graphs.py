@@ -92,8 +92,9 @@ def networks(draw, max_side: int = 10, width: int = 3) -> dict:
     """A network description: ``input_shape``, ``layers``, ``hidden``, ``n_classes``, ``seed``."""
     if draw(st.sampled_from(["mlp", "image", "image"])) == "mlp":
         shape: tuple[int, ...] = (draw(st.integers(2, 10)),)
-        layers = [("linear", draw(st.integers(2, 4 * width)), draw(st.sampled_from(["relu", "relu", "sigmoid", "tanh"])),
-                   draw(st.booleans())) for _ in range(draw(st.integers(1, 3)))]
+        activations = st.sampled_from(["relu", "relu", "sigmoid", "tanh"])
+        layers = [("linear", draw(st.integers(2, 4 * width)), draw(activations), draw(st.booleans()))
+                  for _ in range(draw(st.integers(1, 3)))]
     else:
         side = draw(st.integers(3, max_side))
         shape = (draw(st.integers(1, 3)), side, draw(st.sampled_from([side, side + 1])))
@@ -240,7 +241,8 @@ _SLOW = settings(max_examples=200, deadline=None, derandomize=True, database=Non
 
 
 #: hand-picked networks every default run checks besides the drawn ones: normalisation then a dilated, grouped
-#: BatchNorm conv, max- and average-pooling (padding excluded from the average); a projection residual block after a sigmoid conv; a BatchNorm1d tanh MLP
+#: BatchNorm conv, max- and average-pooling (padding excluded from the average); a projection residual block after
+#: a sigmoid conv; a BatchNorm1d tanh MLP
 EXAMPLES = [
     {"input_shape": (2, 7, 8), "layers": [("normalize",), ("conv", 2, 4, 3, 1, 2, True, "relu", 2, 2),
                                           ("maxpool", 2, 2, 1, 1), ("avgpool", 2, 1, 0, False)], "hidden": 9,

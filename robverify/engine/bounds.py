@@ -59,9 +59,8 @@ class BoundResult:
 
 def compute_bounds(graph: Graph, spec: Spec, method: Method | str = Method.CROWN,
                    options: BoundOptions | None = None) -> BoundResult:
-    """Lower bounds of every spec row over the input boxes. Shapes: spec of batch B with S rows -> ``[B, S]``;
-    boxes ``[B, *graph.input_shape]`` (or the natural batch of :mod:`robverify.ir.layout`), else RobverifyError."""
-    spec = fit_spec(graph, spec)
+    """Lower bounds of every spec row over the input boxes. Shapes: spec of batch B with S rows -> ``[B, S]``."""
+    spec = fit_spec(graph, spec)  # boxes [B, *input_shape] or the natural batch (robverify.ir.layout), else an error
     if spec.batch_size == 0: return BoundResult(*empty_bounds(graph, spec))  # noqa: E701 (no boxes, no work)
     method = Method.parse(method)
     opts = options or BoundOptions()

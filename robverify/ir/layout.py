@@ -5,7 +5,8 @@ A graph's per-sample shape is ``graph.input_shape``; every library function take
 **A fixed leading 1.** An ONNX model whose input is declared with a fixed first dimension of 1 (what
 ``torch.onnx.export`` writes without ``dynamic_axes``, and what VNN-COMP files such as ``mnist-net_256x2.onnx``
 declare: ``[1, 784, 1]``) takes one sample per run; the graph IR keeps that 1 in ``input_shape``
-(``(1, 1, 28, 28)``, ``(1, 784, 1)``), which is the layout the command line feeds (:func:`robverify.ir.model.inputs_for`).
+(``(1, 1, 28, 28)``, ``(1, 784, 1)``), which is the layout the command line feeds
+(:func:`robverify.ir.model.inputs_for`).
 That 1 is read as the batch dimension: such a graph also accepts the natural batch ``[N, *input_shape[1:]]``
 (``[N, 1, 28, 28]``), sample ``n`` being the model input ``x[n:n+1]``. Both layouts mean the same inputs, so
 both give the same bounds, labels and counterexamples; functions that return inputs (counterexamples) return
@@ -28,8 +29,8 @@ from robverify.spec import Spec
 if TYPE_CHECKING:
     from robverify.ir.graph import Graph
 
-__all__ = ["accepted_shapes", "describe_input", "empty_bounds", "fit_batch_of", "fit_box", "fit_input", "fit_shape", "fit_spec", "in_layout_of",
-           "natural_shape"]
+__all__ = ["accepted_shapes", "describe_input", "empty_bounds", "fit_batch_of", "fit_box", "fit_input", "fit_shape",
+           "fit_spec", "in_layout_of", "natural_shape"]
 
 
 def natural_shape(input_shape: tuple[int, ...], dynamic_batch: bool) -> tuple[int, ...] | None:
