@@ -16,8 +16,9 @@ from robverify.errors import RobverifyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sound certification of (transferred) adversarial robustness.")
-console = Console()
-err_console = Console(stderr=True)
+# markup off: messages are plain text, and rich would swallow "[source]" or "[sweep]" as style tags
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 # Shared options, defined once.
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task, e.g. mnist5k[0-4]; default: the model card's.")]

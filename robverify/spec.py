@@ -114,7 +114,8 @@ class Spec:
 
     def output_margin(self, y: Tensor) -> Tensor:
         """Property margin of concrete outputs ``y`` ``[B, n_out]``: ``<= 0`` means ``y`` is unsafe."""
-        rows = torch.einsum("bso,bo->bs", self.C, y.reshape(y.shape[0], -1).to(self.C.dtype)) - self.d
+        flat = y.reshape(y.shape[0], self.C.shape[2]).to(self.C.dtype)  # (-1 is ambiguous for an empty batch)
+        rows = torch.einsum("bso,bo->bs", self.C, flat) - self.d
         return self.property_margin(rows)
 
 

@@ -526,3 +526,28 @@ def test_module_with_the_wrong_input_shape_is_a_clear_error():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 3))
     with pytest.raises(RobverifyError, match=r"module 1: cannot take inputs of shape \[9\]"):
         from_module(net, (1, 3, 3))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_named(tmp_path, value):
+    """A model whose weights hold NaN (or inf) is refused naming the initializer, not as a parity failure."""
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    with torch.no_grad():
+        net[2].weight[1, 3] = value
+    path = tmp_path / "nan.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(1, 4),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["y"], dynamic_axes={"input": {0: "N"}})
+    names = [i.name for i in onnx.load(str(path)).graph.initializer]
+    bad = [n for n in names if "2.weight" in n]
+    assert len(bad) == 1
+    for load in (from_onnx, load_model):
+        with pytest.raises(RobverifyError) as info:
+            load(path)
+        message = str(info.value)
+        assert "\n" not in message and "non-finite" in message and repr(bad[0]) in message
+        assert ("NaN" if value != value else "inf") in message and "onnxruntime" not in message
+        assert not any(repr(n) in message for n in names if n != bad[0])  # only the bad one is named

@@ -141,3 +141,12 @@ def test_demo_study_ships_in_examples() -> None:
     study = parse_study(DEMO_STUDY, REPO / "examples" / "demo_study.toml")
     steps = plan_study(study, Path("/nonexistent"))
     assert len([s for s in steps if s.kind == "transfer"]) == 20 and steps[-1].kind == "compare"
+
+
+def test_unknown_key_on_the_command_line_names_its_table(tmp_path: Path) -> None:
+    """The CLI prints the library's message as plain text: rich markup used to swallow "[source]"."""
+    path = tmp_path / "study.toml"
+    path.write_text(TINY.format(n=6).replace("epochs = 1\n\n[transfer]", "bogus = 1\n\n[transfer]"))
+    result = robverify_cli("run", path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "study.toml:10: unknown key 'bogus' in [source]; expected one of task," in result.stderr

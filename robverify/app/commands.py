@@ -90,7 +90,9 @@ def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: i
             options: Any, settings: dict) -> Prepared:
     """Load model and samples, build the backend, then open (or resume) the run directory of ``command``.
 
-    ``settings`` are the command's own settings; with the common ones they make the run's fingerprint.
+    ``settings`` are the command's own settings; with the common ones they make the run's fingerprint. run.json
+    also records the verifier libraries (or external tool) the backend uses, as ``verifiers``
+    (:meth:`robverify.backends.Backend.provenance`; ``{}`` for the native engine).
     """
     from robverify.backends import AttackConfig, get_backend
     from robverify.ir.model import load_model
@@ -106,7 +108,7 @@ def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: i
     settings = {**settings, **options.fingerprint()}
     arguments = dict(model=str(model), device=device, **common, **settings)
     run = RunDir.open(out, command, arguments, dict(model_sha256=loaded.sha256, **common, **settings), key)
-    run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape)
+    run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape, verifiers=engine.provenance())
     return Prepared(loaded, samples, engine, run, out)
 
 

@@ -10,6 +10,7 @@ an ``unsat`` contradicted by a confirmed PGD counterexample is recorded as an er
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -21,10 +22,19 @@ from torch import Tensor
 
 from robverify.engine.attacks import pgd_attack
 from robverify.engine.bounds import compute_bounds
+from robverify.ir.layout import fit_batch_of, fit_spec, in_layout_of
 from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
 
 log = logging.getLogger(__name__)
+
+
+def distribution_version(name: str) -> str | None:
+    """The installed version of the distribution ``name`` (e.g. ``"maraboupy"``), None when it is absent."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,11 @@ class Backend(ABC):
         self.attack = attack or AttackConfig()
         self._known: dict[bytes, Tensor] = {}  # counterexamples confirmed outside PGD, by spec content
 
+    def provenance(self) -> dict[str, str | None]:
+        """The verifier libraries (name -> installed version) or external tools this backend used, for run.json.
+        robverify's own engine and torch are recorded with every run anyway: the base class names none."""
+        return {}
+
     @staticmethod
     def _spec_key(spec: Spec, i: int) -> bytes:
         """Identity of sample ``i`` of ``spec`` (its box, rows and groups), independent of device and dtype."""
@@ -114,7 +129,9 @@ class Backend(ABC):
 
     def verify(self, spec: Spec) -> VerifyResult:
         """``verified`` where the sound bound is ``> 0`` or (complete backends) the verifier proved the spec;
-        ``margin_lb`` stays the bound, so a proved spec may carry ``margin_lb <= 0``."""
+        ``margin_lb`` stays the bound, so a proved spec may carry ``margin_lb <= 0``. Boxes in either layout of
+        :mod:`robverify.ir.layout`; a spec that does not fit the model is a RobverifyError."""
+        spec = fit_spec(self.model.graph, spec)
         margins = []
         for start in range(0, spec.batch_size, self.batch_size):
             index = torch.arange(start, min(start + self.batch_size, spec.batch_size), device=spec.x_lo.device)
@@ -133,15 +150,19 @@ class Backend(ABC):
 
     def falsify(self, spec: Spec, x_ref: Tensor) -> FalsifyResult:
         """Search counterexamples and keep those onnxruntime confirms. ``x_ref`` ``[B, *in]``: the clean
-        samples, for the distance."""
+        samples, for the distance. Either layout of :mod:`robverify.ir.layout`; ``x_adv`` comes back in the
+        layout of ``spec``'s boxes."""
+        given = spec.x_lo
+        spec = fit_spec(self.model.graph, spec)
+        x_ref = fit_batch_of(self.model.graph, x_ref, spec.batch_size, "reference batch x_ref")
         xs, found = [], []
         for start in range(0, spec.batch_size, self.batch_size):
             index = torch.arange(start, min(start + self.batch_size, spec.batch_size), device=spec.x_lo.device)
             x, f = self._candidates(spec.select(index))
             xs.append(x.detach().cpu())
             found.append(f.detach().cpu())
-        x_adv = torch.cat(xs)
-        found = torch.cat(found)
+        x_adv = torch.cat(xs) if xs else spec.x_lo.detach().cpu().clone()  # (an empty batch)
+        found = torch.cat(found) if found else torch.zeros(0, dtype=torch.bool)
         if self._known:
             for i in (~found).nonzero().squeeze(1).tolist():
                 known = self._known.get(self._spec_key(spec, i))
@@ -151,7 +172,7 @@ class Backend(ABC):
         confirmed = self.model.confirm(spec, x_adv, found)
         dist = (x_adv.double() - x_ref.detach().cpu().double()).flatten(1).abs().amax(dim=1)
         distance = torch.where(confirmed, dist, torch.full_like(dist, torch.inf))
-        return FalsifyResult(confirmed, x_adv, distance)
+        return FalsifyResult(confirmed, in_layout_of(x_adv, given), distance)
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,17 @@ class ExternalBackend(CompleteBackend):
         self.n_inputs = math.prod(model.graph.input_shape)
         self.n_queries = 0
 
+    def provenance(self) -> dict[str, str | None]:
+        """The tool's command line (``external_command``) and the SHA-256 of its script
+        (``external_command_sha256``; None when the command is a program found on PATH that cannot be read)."""
+        from robverify.files import file_sha256
+
+        try:
+            digest = file_sha256(self.command[0])
+        except RobverifyError:
+            digest = None
+        return {"external_command": shlex.join(self.command), "external_command_sha256": digest}
+
     def _run(self, argv: list[str], limit: float) -> tuple[int | None, str]:
         """Run ``argv`` in its own process group; ``(returncode, stderr tail)``, returncode None on overrun."""
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from robverify.backends.base import AttackConfig, Backend, BackendOptions
 from robverify.backends.lirpa_compat import import_auto_lirpa
 from robverify.errors import RobverifyError
+from robverify.ir.layout import natural_shape
 from robverify.ir.model import LoadedModel
 from robverify.ir.rewrite import verifier_ready_onnx
 from robverify.spec import Method, Spec
@@ -122,6 +123,9 @@ class LirpaBackend(Backend):
     """auto-LiRPA's IBP / CROWN-IBP / CROWN / alpha-CROWN; PGD of the base class falsifies.
 
     ``module``: optional live zoo module of the same network (bounded instead of the ONNX file's conversion).
+    A model with a fixed leading 1 in its ONNX input is bounded on its natural batch ``[B, *input_shape[1:]]``
+    (:mod:`robverify.ir.layout`): the converted network takes the batch in that dimension, as the parity check
+    against onnxruntime confirms.
     """
 
     name = "lirpa"
@@ -133,14 +137,22 @@ class LirpaBackend(Backend):
         if self.method in (Method.CROWN, Method.ALPHA_CROWN):
             self.batch_size = min(self.batch_size, CROWN_CHUNK)
         self.device = model.graph.device
-        self.bounded = build_bounded_module(module if module is not None else model.path, model.graph.input_shape,
+        graph = model.graph
+        self.input_shape = natural_shape(graph.input_shape, graph.dynamic_batch) or graph.input_shape
+        self.bounded = build_bounded_module(module if module is not None else model.path, self.input_shape,
                                             self.device)
         self._check_parity()
+
+    def provenance(self) -> dict[str, str | None]:
+        """``{"auto_LiRPA": its installed version}``."""
+        from robverify.backends.lirpa_compat import installed_version
+
+        return {"auto_LiRPA": installed_version()}
 
     def _check_parity(self, n: int = 8, tol: float = 1e-4) -> None:
         """The converted network must compute what onnxruntime computes on a few random inputs."""
         gen = torch.Generator().manual_seed(0)
-        x = torch.rand((n, *self.model.graph.input_shape), generator=gen)
+        x = torch.rand((n, *self.input_shape), generator=gen)
         with torch.no_grad():
             ours = self.bounded(x.to(self.device)).detach().cpu().double().reshape(n, -1)
         ref = torch.from_numpy(self.model.runtime.logits(x.numpy())).double().reshape(n, -1)
@@ -151,6 +163,9 @@ class LirpaBackend(Backend):
 
     def _bound(self, spec: Spec) -> Tensor:
         spec = spec.to(self.device, torch.float32)
+        B = spec.batch_size
+        spec = Spec(spec.x_lo.reshape(B, *self.input_shape), spec.x_hi.reshape(B, *self.input_shape), spec.C, spec.d,
+                    spec.group)
         rows = _safety(lirpa_rows(self.bounded, spec, self.method))
         return spec.property_margin(rows)
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 
 from robverify.engine.attacks import pgd_attack
-from robverify.backends.base import AttackConfig, BackendOptions, CompleteBackend, QueryAnswer
+from robverify.backends.base import AttackConfig, BackendOptions, CompleteBackend, QueryAnswer, distribution_version
 from robverify.engine.bounds import compute_bounds
 from robverify.errors import RobverifyError
 from robverify.ir.model import LoadedModel
@@ -90,6 +90,10 @@ class MarabouBackend(CompleteBackend):
         self._base = (dict(self.network.lowerBounds), dict(self.network.upperBounds),
                       list(self.network.additionalEquList))
         self.n_solves = 0
+
+    def provenance(self) -> dict[str, str | None]:
+        """``{"maraboupy": its installed version}``."""
+        return {"maraboupy": distribution_version("maraboupy")}
 
     def _check_parity(self, n: int = 4, tol: float = 1e-4) -> None:
         """The rewritten graph Marabou parsed (evaluated by maraboupy through onnxruntime) must compute what the

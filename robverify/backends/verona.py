@@ -24,7 +24,7 @@ import types
 import torch
 from torch import Tensor
 
-from robverify.backends.base import AttackConfig, Backend, BackendOptions
+from robverify.backends.base import AttackConfig, Backend, BackendOptions, distribution_version
 from robverify.errors import RobverifyError
 from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec
@@ -95,6 +95,11 @@ class VeronaBackend(Backend):
         if inner_method is not None:
             self.method = inner_method
         self.inner = _inner_backend(self.engine, inner_method, model, batch_size, attack, self.options)
+
+    def provenance(self) -> dict[str, str | None]:
+        """``{"ada-verona": version}`` and the libraries of the verifier inside it (auto_LiRPA, maraboupy)."""
+        return {"ada-verona": distribution_version("ada-verona"),
+                **({} if self.inner is None else self.inner.provenance())}
 
     @property
     def is_attack(self) -> bool:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from robverify.ir.graph import Graph
+from robverify.ir.layout import fit_spec, in_layout_of
 from robverify.spec import Spec
 
 
@@ -27,9 +28,11 @@ def pgd_attack(graph: Graph, spec: Spec, *, steps: int = 40, restarts: int = 3, 
 
     The first restart starts at the box centre, the others uniformly at random (seeded). Step size per input
     element: ``alpha * radius / steps``. Samples stop moving once their margin is negative; a restart ends
-    when all of its samples have.
+    when all of its samples have. Boxes ``[B, *graph.input_shape]`` or the natural batch of
+    :mod:`robverify.ir.layout` (``x_adv`` comes back in the layout given); any other shape: RobverifyError.
     """
-    spec = spec.to(graph.device, graph.dtype)
+    given = spec.x_lo
+    spec = fit_spec(graph, spec).to(graph.device, graph.dtype)
     lo, hi = spec.x_lo, spec.x_hi
     step = alpha * (hi - lo) / 2 / max(steps, 1)
     gen = torch.Generator(device=lo.device).manual_seed(seed)
@@ -68,4 +71,4 @@ def pgd_attack(graph: Graph, spec: Spec, *, steps: int = 40, restarts: int = 3, 
             better = margin < best_m[idx]
             best_m[idx] = torch.where(better, margin, best_m[idx])
             best_x[idx] = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x, best_x[idx])
-    return AttackResult(best_x, best_m, best_m < 0)
+    return AttackResult(in_layout_of(best_x, given), best_m, best_m < 0)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from robverify.ir.graph import Graph, Node
+from robverify.ir.layout import empty_bounds, fit_box, fit_spec
 from robverify.ops import Relu
 from robverify.ops.base import Box, LinearOp
 from robverify.engine.receptive_field import conv_chain_bounds, find_conv_chain, row_width
@@ -59,6 +60,8 @@ class BoundResult:
 def compute_bounds(graph: Graph, spec: Spec, method: Method | str = Method.CROWN,
                    options: BoundOptions | None = None) -> BoundResult:
     """Lower bounds of every spec row over the input boxes. Shapes: spec of batch B with S rows -> ``[B, S]``."""
+    spec = fit_spec(graph, spec)  # boxes [B, *input_shape] or the natural batch (robverify.ir.layout), else an error
+    if spec.batch_size == 0: return BoundResult(*empty_bounds(graph, spec))  # noqa: E701 (no boxes, no work)
     method = Method.parse(method)
     opts = options or BoundOptions()
     spec = spec.to(graph.device, graph.dtype)
@@ -72,6 +75,7 @@ def compute_bounds(graph: Graph, spec: Spec, method: Method | str = Method.CROWN
 
 def interval_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor) -> Box:
     """IBP box of the output ``[B, *output_shape]``."""
+    x_lo, x_hi = fit_box(graph, x_lo, x_hi)
     prop = _Propagator(graph, x_lo, x_hi, BoundOptions())
     prop.intervals(refine=False)
     return prop.boxes[graph.output]

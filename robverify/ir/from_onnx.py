@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ class _Builder:
         self.consts: dict[str, Tensor] = {}
         for init in self.graph.initializer:
             self.consts[init.name] = torch.from_numpy(np.array(numpy_helper.to_array(init)))
+        _check_finite(source, self.consts, self.graph.node)
         inputs = [i for i in self.graph.input if i.name not in self.consts]
         if len(inputs) != 1:
             raise RobverifyError(f"{source}: expected one graph input, found {len(inputs)}")
@@ -300,6 +301,28 @@ class _Builder:
     def op_MaxPool(self, out, inputs, attrs, where):
         kernel, stride, padding = self._pool_geometry(attrs, where)
         self.emit(out, ops.MaxPool(kernel, stride, padding, tuple(attrs.get("dilations", [1, 1]))), [inputs[0]])
+
+
+def _check_finite(source: str, initializers: dict[str, Tensor], nodes: Iterable[Any]) -> None:
+    """RobverifyError naming every initializer (and ``Constant`` node value) holding NaN or inf: such a model
+    cannot be verified, and its parity check would only report ``max |diff| = nan``."""
+    from onnx import numpy_helper
+
+    tensors = list(initializers.items())
+    for node in nodes:
+        for a in node.attribute:
+            if node.op_type == "Constant" and a.name == "value":
+                tensors.append((f"{node.name or node.output[0]} (Constant)",
+                                torch.from_numpy(np.array(numpy_helper.to_array(a.t)))))
+    bad = []
+    for name, t in tensors:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            what = ", ".join(f"{k} {w}" for k, w in ((n_nan, "NaN"), (n_inf, "inf")) if k)
+            bad.append(f"{name!r} ({what} of {t.numel()})")
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise RobverifyError(f"{source}: non-finite weights in initializer(s) {shown}: the model cannot be verified")
 
 
 def _trim_leading_ones(c: Tensor, rank: int) -> Tensor:

@@ -4,7 +4,9 @@ attacks. Built from an ONNX file (:func:`robverify.ir.from_onnx.from_onnx`) or a
 
 Every value is batched: the graph input is ``[N, *input_shape]`` and a node's value ``[N, *node.shape]``.
 ``input_shape`` is the shape of ONE sample as the model sees it (``[1, 784, 1]`` for a VNN-COMP network with a
-fixed leading 1; ``[1, 28, 28]`` for a zoo model exported with a dynamic batch dimension).
+fixed leading 1; ``[1, 28, 28]`` for a zoo model exported with a dynamic batch dimension). A fixed leading 1 is
+also read as the batch dimension: such a graph accepts ``[N, 784, 1]`` as well (:mod:`robverify.ir.layout`);
+any batch that fits neither layout is refused with a one-line RobverifyError.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from robverify.errors import RobverifyError
+from robverify.ir.layout import fit_input
 from robverify.ops import Op
 
 
@@ -112,8 +115,9 @@ class Graph:
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def forward(self, x: Tensor, keep: bool = False) -> Tensor | dict[str, Tensor]:
-        """Evaluate on ``x`` ``[N, *input_shape]``: the output ``[N, *output_shape]`` (all values if ``keep``)."""
-        values = {self.input_name: x}
+        """Evaluate on ``x`` ``[N, *input_shape]`` (or the natural batch of :mod:`robverify.ir.layout`): the output
+        ``[N, *output_shape]`` (all values if ``keep``)."""
+        values = {self.input_name: fit_input(self, x)}
         consumers_left = {n: len(c) for n, c in self.consumers().items()}
         for node in self.nodes:
             values[node.name] = node.op.forward(*(values[i] for i in node.inputs))
@@ -126,7 +130,7 @@ class Graph:
 
     def logits(self, x: Tensor) -> Tensor:
         """Flattened output ``[N, n_outputs]``."""
-        return self.forward(x).reshape(x.shape[0], -1)
+        return self.forward(x).reshape(x.shape[0], self.n_outputs)  # (-1 is ambiguous for an empty batch)
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.logits(x)

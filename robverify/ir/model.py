@@ -14,6 +14,7 @@ from robverify.errors import RobverifyError
 from robverify.files import file_sha256
 from robverify.ir.graph import Graph
 from robverify.ir.from_onnx import check_against_runtime, from_onnx
+from robverify.ir.layout import fit_batch_of, fit_input, fit_spec
 from robverify.ir.runtime import OnnxRuntimeModel
 from robverify.spec import Spec
 
@@ -32,14 +33,21 @@ class LoadedModel:
         return self.path.stem
 
     def predict(self, x: Tensor) -> Tensor:
-        """Labels predicted by onnxruntime ``[N]`` for ``[N, *input_shape]``."""
+        """Labels predicted by onnxruntime ``[N]`` for ``[N, *input_shape]`` (or the natural batch of
+        :mod:`robverify.ir.layout`); a batch that fits neither is a RobverifyError."""
+        x = fit_input(self.graph, x)
+        if x.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.long)
         return torch.from_numpy(self.runtime.logits(x).argmax(axis=1))
 
     def confirm(self, spec: Spec, x_adv: Tensor, candidates: Tensor) -> Tensor:
         """Re-check candidate counterexamples in onnxruntime: inside the box and property margin ``<= 0``.
 
-        Returns ``[B]`` bool; non-candidates are False.
+        Returns ``[B]`` bool; non-candidates are False. ``spec`` and ``x_adv`` in either layout of
+        :mod:`robverify.ir.layout`.
         """
+        spec = fit_spec(self.graph, spec)
+        x_adv = fit_batch_of(self.graph, x_adv, spec.batch_size, "counterexample batch")
         confirmed = torch.zeros(spec.batch_size, dtype=torch.bool)
         idx = candidates.nonzero().squeeze(1).cpu()
         if idx.numel() == 0:

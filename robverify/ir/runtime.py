@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,14 @@ class OnnxRuntimeModel:
         self.dynamic_batch = dynamic_batch
 
     def logits(self, x: Tensor | np.ndarray) -> np.ndarray:
-        """Outputs ``[N, n_outputs]`` (float64) for inputs ``[N, *input_shape]``."""
+        """Outputs ``[N, n_outputs]`` (float64) for inputs ``[N, ...]`` of ``prod(input_shape)`` values per sample
+        (any layout of them: this is the low-level judge; :class:`robverify.ir.model.LoadedModel` checks shapes).
+        A batch whose samples hold another number of values is a RobverifyError, never silently regrouped."""
         arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+        if arr.ndim == 0 or math.prod(arr.shape[1:]) != math.prod(self.input_shape):
+            raise RobverifyError(f"input batch of shape {list(arr.shape)} does not fit the model input "
+                                 f"{list(self.input_shape)} ({math.prod(arr.shape[1:]) if arr.ndim else 0} values "
+                                 f"per sample, {math.prod(self.input_shape)} expected)")
         arr = arr.astype(self.np_dtype).reshape(-1, *self.input_shape)
         if self.dynamic_batch:
             out = self.session.run(None, {self.input_name: arr})[0]

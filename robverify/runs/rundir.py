@@ -2,7 +2,8 @@
 
 Every command that computes writes one run directory::
 
-    RUN_DIR/run.json           command, arguments, versions, model + data hashes, seed, start/end, status
+    RUN_DIR/run.json           command, arguments, versions (+ the backend's verifiers), model + data hashes, seed,
+                               start/end, status
     RUN_DIR/chunks/            committed work, one parquet file per chunk (resumable)
     RUN_DIR/results.parquet    one tidy table (and results.csv beside it), written by RunDir.finalize
     RUN_DIR/figures/           PNG + SVG, drawn by the app layer after finalising
