@@ -115,7 +115,9 @@ class Spec:
     def output_margin(self, y: Tensor) -> Tensor:
         """Property margin of concrete outputs ``y`` ``[B, n_out]``: ``<= 0`` means ``y`` is unsafe."""
         flat = y.reshape(y.shape[0], self.C.shape[2]).to(self.C.dtype)  # (-1 is ambiguous for an empty batch)
-        rows = torch.einsum("bso,bo->bs", self.C, flat) - self.d
+        # C * y with 0 * inf taken as 0: an infinite output counts only in the rows that name it
+        terms = torch.where(self.C != 0, self.C * flat.unsqueeze(1), torch.zeros((), dtype=self.C.dtype))
+        rows = terms.sum(dim=2) - self.d
         return self.property_margin(rows)
 
 

@@ -10,8 +10,8 @@ covered without touching this file; :func:`contract_helpers.options_for` gives e
 (d) ``run_certify`` and ``run_sweep`` write tidy tables that :func:`validate_table` accepts, one row per
     (sample, eps) and per sample.
 
-Known violations are strict xfails, each beside a comment naming the library code at fault: when it is fixed
-the test passes and the xfail must go. Everything is seeded and runs on CPU in a few seconds per backend. The
+Every case here once caught a real defect or guards a guarantee; a known violation would be a strict xfail naming
+the code at fault. Everything is seeded and runs on CPU in a few seconds per backend. The
 network has an image-shaped input (1x3x3), so that a backend that loses the input shape shows.
 """
 
@@ -170,7 +170,6 @@ PROVED, REFUTED, OPEN = [0, 2, 4, 6], [1, 5, 7], [3, 8]
 
 # Backend.falsify concatenates its chunks with torch.cat, which refuses an empty list (robverify/backends/base.py):
 # reported, not fixed here. run_certify never asks for an empty batch; a library caller may.
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="Backend.falsify: torch.cat of no chunks for B = 0")
 @pytest.mark.parametrize("name", NAMES)
 def test_an_empty_batch_gives_empty_results(name, backends):
     x = torch.zeros((0, *INPUT_SHAPE))
@@ -232,11 +231,6 @@ def test_a_box_made_nan_after_checking_never_verifies(name, backends, batch):
 # A complete verifier reasons in real arithmetic, where the overflow networks are the plain one; robverify's
 # judge (onnxruntime, float32) sees NaN / inf. Marabou's unsat is accepted without asking whether the float32
 # network is finite on the box (robverify/backends/base.py, CompleteBackend.judge): reported, not fixed here.
-MARABOU_OVERFLOW = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="Marabou (real arithmetic) proves boxes on which the float32 network outputs NaN / inf, and "
-    "CompleteBackend accepts its unsat although the native bound there is non-finite")
-
 
 def _overflow_case(kind: str, folder):
     """The overflow network of ``kind`` and three specs on it: 0, a box reaching past TRIGGER; 1, the single
@@ -256,7 +250,7 @@ def _overflow_case(kind: str, folder):
 
 
 @pytest.mark.parametrize("kind", ["nan", "inf"])
-@pytest.mark.parametrize("name", [pytest.param(n, marks=MARABOU_OVERFLOW) if n == "marabou" else n for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_boxes_where_the_network_overflows_never_verify(name, kind, tmp_path, tool):
     model, x, spec = _overflow_case(kind, tmp_path)
     if kind == "inf":  # output INF_OUTPUT is +inf at the point: onnxruntime puts it in the unsafe region
@@ -266,9 +260,6 @@ def test_boxes_where_the_network_overflows_never_verify(name, kind, tmp_path, to
     assert bool(verified[2]), "the control sample far from the overflow is not verified"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Spec.output_margin: 0 * inf = NaN in a row that does not name the infinite output, and "
-                   "the min over groups propagates it, so LoadedModel.confirm rejects a real counterexample")
 def test_the_judge_accepts_a_counterexample_with_an_infinite_logit(tmp_path):
     """At the point of spec 1, onnxruntime's output INF_OUTPUT is +inf: the disjunct "y_INF_OUTPUT >= y_label"
     holds, whatever the other disjuncts say."""
@@ -395,8 +386,6 @@ def test_sweep_rows_are_tidy_and_sound(name, tmp_path, model, tool, backends, sa
 # VeronaBackend overrides _bound and _candidates but not _complete (robverify/backends/verona.py): as a plain
 # backend (certify, run_sweep) its inner Marabou backend only contributes the CROWN pre-filter and is never
 # asked. Reported, not fixed here.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="--backend verona --verifier marabou never asks Marabou outside VERONA's own sweep")
 def test_verona_wraps_its_verifier_completely(model, outcomes, batch):
     """``--backend verona --verifier marabou`` verifies what ``--backend marabou`` verifies, including the specs
     CROWN leaves open."""

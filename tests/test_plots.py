@@ -205,3 +205,27 @@ def test_plotting_changes_no_global_state(tmp_path: Path) -> None:
 def test_ecdf_of_a_model_without_correct_samples(tmp_path: Path) -> None:
     drawn = plot_ecdf(table([("z", 0, 1, 0, 0.0, 0.0, "misclassified")]), tmp_path)
     assert drawn["z"]["lo_x"].size == 0 and drawn["z"]["hi_x"].size == 0
+
+
+def test_figures_ignore_a_global_theme_set_by_another_library(tmp_path):
+    """ada_verona calls ``sns.set_theme`` when imported: robverify's figures must not change with it."""
+    import matplotlib
+    import seaborn as sns
+
+    from robverify.analysis.plots import draw_run_figures
+
+    table = pd.DataFrame({"run_id": "r", "model": "m", "backend": "native", "method": "crown", "task": "t",
+                          "sample_id": range(6), "label": 0, "pred": 0, "time_s": 0.1,
+                          "eps_lo": [0.01, 0.02, 0.02, 0.03, 0.05, 0.0], "eps_hi": [0.02, 0.03, 0.04, float("inf"),
+                                                                                  0.06, 0.01],
+                          "status": "gap", "n_calls": 3})
+    draw_run_figures(table, tmp_path / "plain")
+    saved = dict(matplotlib.rcParams)
+    try:
+        sns.set_theme(rc={"figure.figsize": (11.7, 8.27)}, context="talk")
+        draw_run_figures(table, tmp_path / "themed")
+        assert matplotlib.rcParams["font.size"] != 10.0  # the global theme is left as the other library set it
+    finally:
+        matplotlib.rcParams.update(saved)
+    for name in ("ecdf.png", "ecdf.svg", "certified_accuracy.png", "certified_accuracy.svg"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "themed" / name).read_bytes(), name

@@ -29,9 +29,19 @@ PLOT_STYLE = {"svg.hashsalt": "robverify", "svg.fonttype": "none", "font.size": 
 
 
 @contextlib.contextmanager
+def figure_style() -> Iterator[None]:
+    """robverify's plot style, on matplotlib's defaults whatever another library set globally (ada_verona calls
+    ``sns.set_theme`` at import); everything is restored on exit."""
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()  # keeps the backend
+        with sns.axes_style("whitegrid"), matplotlib.rc_context(PLOT_STYLE):
+            yield
+
+
+@contextlib.contextmanager
 def _figure() -> Iterator[tuple[Figure, object]]:
     """A fresh figure and axes under a local style (restored on exit)."""
-    with sns.axes_style("whitegrid"), matplotlib.rc_context(PLOT_STYLE):
+    with figure_style():
         fig = Figure(figsize=(6.4, 4.4), layout="constrained")
         FigureCanvasAgg(fig)
         yield fig, fig.add_subplot()

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from robverify.analysis.distribution import correctly_classified
-from robverify.analysis.plots import EPS_LABEL, PLOT_STYLE, save_figure
+from robverify.analysis.plots import EPS_LABEL, figure_style, save_figure
 
 __all__ = ["pareto_front", "plot_pareto", "plot_radius_by_strategy", "plot_radius_vs_similarity",
            "plot_training_cost"]
@@ -27,7 +27,7 @@ __all__ = ["pareto_front", "plot_pareto", "plot_radius_by_strategy", "plot_radiu
 
 @contextlib.contextmanager
 def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.4) -> Iterator[tuple[Figure, list]]:
-    with sns.axes_style("whitegrid"), matplotlib.rc_context(PLOT_STYLE):
+    with figure_style():
         fig = Figure(figsize=(width, height), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, ncols, squeeze=False)[0]

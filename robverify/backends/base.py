@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from robverify.engine.attacks import pgd_attack
-from robverify.engine.bounds import compute_bounds
+from robverify.engine.bounds import compute_bounds, interval_bounds
 from robverify.ir.layout import fit_batch_of, fit_spec, in_layout_of
 from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
@@ -246,6 +246,13 @@ class CompleteBackend(Backend):
             proved[i] = answer.verdict is Verdict.VERIFIED
         return proved
 
+    def _finite_outputs(self, one: Spec) -> bool:
+        """True when interval bounds of every float32 output over the box are finite: a verifier reasoning in real
+        arithmetic says nothing about a network whose float32 evaluation may overflow to inf / NaN there."""
+        lo, hi = interval_bounds(self.model.graph, one.x_lo.to(self.model.graph.device, self.model.graph.dtype),
+                                 one.x_hi.to(self.model.graph.device, self.model.graph.dtype))
+        return bool(torch.isfinite(lo).all() and torch.isfinite(hi).all())
+
     def judge(self, one: Spec, answer: QueryAnswer) -> QueryAnswer:
         """The answer as it counts: sat only with a confirmed counterexample, unsat only if PGD cannot refute it."""
         if answer.verdict is Verdict.FALSIFIED:
@@ -256,6 +263,9 @@ class CompleteBackend(Backend):
                 self._remember(one, 0, x[0])
                 return QueryAnswer(Verdict.FALSIFIED, x[0], answer.reason)
             return QueryAnswer(Verdict.UNKNOWN, None, "sat, but onnxruntime does not confirm the counterexample")
+        if answer.verdict is Verdict.VERIFIED and not self._finite_outputs(one):
+            return QueryAnswer(Verdict.UNKNOWN, None, "unsat in real arithmetic, but the float32 network's outputs "
+                               "are not bounded (overflow) on this box")
         if answer.verdict is Verdict.VERIFIED and not self.attack_first and bool(self._confirmed_attack(one)[0]):
             self.contradictions += 1
             reason = "the verifier answered unsat, but PGD found a counterexample confirmed by onnxruntime"

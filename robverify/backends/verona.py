@@ -121,6 +121,11 @@ class VeronaBackend(Backend):
             return torch.full((spec.batch_size,), -math.inf, dtype=torch.float64)
         return self.inner._bound(spec)
 
+    def _complete(self, spec: Spec, margin_lb: Tensor) -> Tensor:
+        if self.inner is None:
+            return super()._complete(spec, margin_lb)
+        return self.inner._complete(spec, margin_lb)
+
     def _candidates(self, spec: Spec) -> tuple[Tensor, Tensor]:
         if self.inner is None:
             return super()._candidates(spec)
