@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -134,15 +135,26 @@ class _Propagator:
         self._ancestors: dict[str, list[Node]] = {}
         self._width: dict[str, int] = {}
         self.chains = {name: find_conv_chain(graph, name) for name in self.relu_only} if opts.patches else {}
+        #: BaB hook 1 (robverify.engine.bab): boxes ``(lo, hi)`` ``[B, *shape]`` intersected with the box of the
+        #: named nonlinear-input nodes as soon as it is computed (a domain's inherited boxes and ReLU splits)
+        self.tighten: dict[str, Box] = {}
 
     # -- passes ------------------------------------------------------------------------------------------------
     def intervals(self, refine: bool) -> None:
         """Fill ``boxes`` for every node in order; with ``refine``, tighten the inputs of nonlinear nodes."""
         for node in self.graph.nodes:
             box = node.op.interval(*(self.boxes[i] for i in node.inputs))
+            box = self._tightened(node.name, box)
             if refine and node.name in self.relu_only and node.name not in self.exact:
-                box = self.refine(node.name, box)
+                box = self._tightened(node.name, self.refine(node.name, box))
             self.boxes[node.name] = box
+
+    def _tightened(self, name: str, box: Box) -> Box:
+        """BaB hook 1: ``box`` intersected with ``tighten[name]`` (may leave ``lo > hi``: an infeasible domain)."""
+        extra = self.tighten.get(name)
+        if extra is None:
+            return box
+        return torch.maximum(box[0], extra[0]), torch.minimum(box[1], extra[1])
 
     def ancestors(self, name: str) -> list[Node]:
         if name not in self._ancestors:
@@ -152,12 +164,19 @@ class _Propagator:
             self._width[name] = max(sizes)
         return self._ancestors[name]
 
-    def backward_bound(self, start: str, A: Tensor, alphas: dict[str, Tensor] | None = None) -> Tensor:
-        """Lower bound of ``A . value(start)`` over the input box: ``A`` ``[B, K, *shape]`` -> ``[B, K]``."""
+    def backward_bound(self, start: str, A: Tensor, alphas: dict[str, Tensor] | None = None,
+                       hook: Callable[[str, Tensor | None], Tensor | None] | None = None) -> Tensor:
+        """Lower bound of ``A . value(start)`` over the input box: ``A`` ``[B, K, *shape]`` -> ``[B, K]``.
+
+        BaB hook 2: ``hook(name, a)`` sees the dense coefficient ``a`` ``[B, K, *shape]`` (or None) of every node's
+        value once all its consumers have contributed, and returns the coefficient to use instead (beta-CROWN adds
+        ``beta * s`` to a split pre-activation's; branching reads a ReLU output's)."""
         coeffs: dict[str, Tensor] = {start: A}
         bias = A.new_zeros(A.shape[:2])
         for node in reversed(self.ancestors(start)):
             a = coeffs.pop(node.name, None)
+            if hook is not None:
+                a = hook(node.name, a)
             if a is None:
                 continue
             alpha = alphas.get(node.name) if alphas else None
