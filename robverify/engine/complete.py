@@ -13,7 +13,6 @@ memory budget is exhausted or domains are left that no split can refine and no c
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
