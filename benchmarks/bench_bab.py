@@ -1,7 +1,7 @@
 """How many VNN-COMP 2021 instances that bounds and PGD alone leave open ``robverify verify`` decides with branch
 and bound, and whether any answer contradicts the ground truth.
 
-    .venv/bin/python benchmarks/bench_bab.py [--timeout 30] [--only mnist-net_256x2.onnx] [--limit 10] [--threads 2]
+    .venv/bin/python benchmarks/bench_bab.py [--timeout 30] [--only mnist-net_256x2.onnx] [--limit 10] [--threads 1]
 
 An instance is *open* when alpha-CROWN's margin is ``<= 0`` and PGD (40 steps, 3 restarts) finds no
 counterexample: what ``robverify verify`` answered ``unknown`` before branch and bound. Each open instance is then
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--only", default=None, help="one onnx file name, e.g. mnist-net_256x2.onnx")
     parser.add_argument("--limit", type=int, default=None, help="at most this many open instances")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with open(args.root / "ground_truth.csv", newline="") as handle:

@@ -182,3 +182,21 @@ def test_marabou_queries_do_not_inherit_the_rows_of_earlier_queries(tmp_path):
     assert backend._solve(lo, hi, [(e0, -1e6), ([-c for c in e0], -1e6)])[0] == "unsat"  # y0 <= -1e6, y0 >= 1e6
     assert backend._solve(lo, hi, [])[0] == "sat"
     assert backend._solve(lo, hi, [(e0, 1e6)])[0] == "sat"
+
+
+def test_bab_backend_decides_what_the_bound_leaves_open(tmp_path):
+    """``--backend bab`` through the Backend contract (what certify and sweep-epsilon call): verified and
+    falsified never overlap, every falsified is confirmed, and it proves at least what the native bound proves."""
+    from robverify.backends import BackendOptions, get_backend
+
+    model = _model(tmp_path, "mlp", 0)
+    x = torch.rand((8, 4), generator=torch.Generator().manual_seed(21))
+    spec = robustness_spec(x, model.predict(x), 0.1, 3)
+    backend = get_backend("bab")(model, "crown", options=BackendOptions(timeout=5))
+    native = get_backend("native")(model, "crown").verify(spec).verified
+    verified = backend.verify(spec).verified
+    falsified = backend.falsify(spec, x).falsified
+    assert not bool((verified & falsified).any())
+    assert bool((verified | falsified).all()), [(r.verdict, r.reason) for r in backend.records]
+    assert bool((verified | ~native).all())
+    assert len(backend.records) == int((~native).sum()) > 0
