@@ -200,3 +200,20 @@ def test_bab_backend_decides_what_the_bound_leaves_open(tmp_path):
     assert bool((verified | falsified).all()), [(r.verdict, r.reason) for r in backend.records]
     assert bool((verified | ~native).all())
     assert len(backend.records) == int((~native).sum()) > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+@pytest.mark.parametrize("kind,mode", [("mlp-wide", "relu"), ("cnn", "relu"), ("mlp", "input")])
+def test_cuda_bab_gives_the_cpu_verdicts(tmp_path, kind, mode):
+    """The same code on CUDA: the same decided verdicts as on the CPU (never verified on one, falsified on the other)."""
+    path = {"mlp": "mlp0.onnx", "mlp-wide": "wide0.onnx", "cnn": "cnn0.onnx"}[kind]
+    cpu = _model(tmp_path, kind, 0)
+    gpu = load_model(tmp_path / path, "cuda")
+    spec = _open_specs(cpu, 6, (0.05, 0.1, 0.2), seed=3)
+    if spec is None:
+        pytest.skip("alpha-CROWN proves every spec of this seed")
+    a = complete_verify(cpu, spec, timeout=10.0, options=CompleteOptions(mode=mode)).verdict
+    b = complete_verify(gpu, spec.to("cuda"), timeout=10.0, options=CompleteOptions(mode=mode)).verdict
+    decided = (Verdict.VERIFIED, Verdict.FALSIFIED)
+    assert all(x == y for x, y in zip(a, b) if x in decided and y in decided), (a, b)
