@@ -90,6 +90,32 @@ def test_root_bound_is_at_least_crown(tmp_path):
     assert bool((root.lb >= crown - 1e-4).all())
 
 
+def test_optimised_intermediate_boxes_contain_every_sampled_pre_activation(tmp_path):
+    """alpha-CROWN intermediate boxes: inside CROWN's, and containing the pre-activations of sampled points."""
+    from robverify.engine.bounds import _Propagator
+    from robverify.engine.intermediate import optimise_intermediate
+
+    model = _model(tmp_path, "mlp-wide", 5)
+    x = torch.rand((4, 6), generator=torch.Generator().manual_seed(6))
+    spec = robustness_spec(x, model.predict(x), 0.2, 3)
+    prop = _Propagator(model.graph, spec.x_lo, spec.x_hi, BoundOptions())
+    prop.intervals(refine=True)
+    names = [n for n in prop.relu_only if n not in prop.exact]
+    crown = {n: prop.boxes[n] for n in names}
+    optimise_intermediate(prop, names, steps=15)
+    pts = spec.x_lo.unsqueeze(1) + torch.rand((4, 3000, 6), generator=torch.Generator().manual_seed(7)) * (
+        spec.x_hi - spec.x_lo).unsqueeze(1)
+    values = model.graph.forward(pts.reshape(-1, 6), keep=True)
+    tighter = 0.0
+    for n in names:
+        lo, hi = prop.boxes[n]
+        z = values[n].reshape(4, 3000, -1)
+        assert bool((z >= lo.reshape(4, 1, -1) - 1e-5).all() and (z <= hi.reshape(4, 1, -1) + 1e-5).all()), n
+        assert bool((lo >= crown[n][0]).all() and (hi <= crown[n][1]).all())
+        tighter += float((crown[n][1] - crown[n][0] - (hi - lo)).sum())
+    assert tighter > 0
+
+
 def test_diverse_pgd_candidates_are_confirmed_when_found(tmp_path):
     model = _model(tmp_path, "mlp", 0)
     x = torch.rand((16, 4), generator=torch.Generator().manual_seed(5))
@@ -217,3 +243,66 @@ def test_cuda_bab_gives_the_cpu_verdicts(tmp_path, kind, mode):
     b = complete_verify(gpu, spec.to("cuda"), timeout=10.0, options=CompleteOptions(mode=mode)).verdict
     decided = (Verdict.VERIFIED, Verdict.FALSIFIED)
     assert all(x == y for x, y in zip(a, b) if x in decided and y in decided), (a, b)
+
+
+# ------------------------------------------------------------------------------ against VNN-COMP 2021 mnistfc
+
+
+def _mnistfc(vnncomp_dir, onnx: str, vnnlib: str, cache: dict):
+    import csv
+    import math
+
+    from robverify.formats.vnnlib_read import read_vnnlib
+
+    if onnx not in cache:
+        cache[onnx] = load_model(vnncomp_dir / "mnistfc" / onnx)
+    model = cache[onnx]
+    shape = model.graph.input_shape
+    props = read_vnnlib(vnncomp_dir / "mnistfc" / vnnlib, n_inputs=math.prod(shape), n_outputs=model.graph.n_outputs)
+    with open(vnncomp_dir / "ground_truth.csv", newline="") as handle:
+        truth = {(r["onnx"], r["vnnlib"]): r["consensus"] for r in csv.DictReader(handle)}
+    return model, props[0], truth.get((onnx, vnnlib), "-")
+
+
+def _check_mnistfc(vnncomp_dir, onnx, vnnlib, timeout, cache) -> Verdict:
+    model, prop, truth = _mnistfc(vnncomp_dir, onnx, vnnlib, cache)
+    shape = model.graph.input_shape
+    spec, exact = prop.to_spec(shape, torch.float32), prop.to_spec(shape, torch.float64)
+    result = complete_verify(model, spec, exact=exact, timeout=timeout)
+    verdict = result.verdict[0]
+    assert not (verdict is Verdict.VERIFIED and truth == "sat"), (onnx, vnnlib, result.reason)
+    if verdict is Verdict.FALSIFIED:
+        assert bool(model.confirm(exact, result.x_adv, torch.ones(1, dtype=torch.bool))[0])
+        assert truth != "unsat", (onnx, vnnlib, "confirmed counterexample where the consensus is unsat")
+    return verdict
+
+
+_MNISTFC_QUICK = [("mnist-net_256x2.onnx", "prop_5_0.03.vnnlib", Verdict.VERIFIED),
+                  ("mnist-net_256x2.onnx", "prop_0_0.05.vnnlib", Verdict.FALSIFIED)]
+_MNIST_MODELS: dict = {}
+
+
+@pytest.mark.parametrize("onnx,vnnlib,expected", _MNISTFC_QUICK)
+def test_mnistfc_instances_alpha_crown_leaves_open_are_decided(vnncomp_dir, onnx, vnnlib, expected):
+    """Two mnistfc instances where alpha-CROWN's margin is <= 0 and PGD (40 x 3) finds nothing."""
+    model, prop, _ = _mnistfc(vnncomp_dir, onnx, vnnlib, _MNIST_MODELS)
+    spec = prop.to_spec(model.graph.input_shape, torch.float32)
+    assert float(compute_bounds(model.graph, spec, "alpha-crown").margin_lb[0]) <= 0
+    assert _check_mnistfc(vnncomp_dir, onnx, vnnlib, 30.0, _MNIST_MODELS) is expected
+
+
+def _all_mnistfc() -> list:
+    import csv
+    from pathlib import Path
+
+    table = Path(__file__).resolve().parents[2] / "shared" / "vnncomp2021" / "mnistfc" / "mnistfc_instances.csv"
+    if not table.is_file():
+        return []
+    with open(table, newline="") as handle:
+        return [pytest.param(o.strip(), v.strip(), id=f"{o.strip()}-{v.strip()}") for o, v, _ in csv.reader(handle)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("onnx,vnnlib", _all_mnistfc())
+def test_mnistfc_bab_never_contradicts_the_ground_truth(vnncomp_dir, onnx, vnnlib):
+    _check_mnistfc(vnncomp_dir, onnx, vnnlib, 10.0, _MNIST_MODELS)

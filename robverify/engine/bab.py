@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from robverify.engine.bounds import BoundOptions, _Propagator
+from robverify.engine.intermediate import optimise_intermediate
 from robverify.ir.graph import Graph
 from robverify.ops import Relu
 from robverify.ops.base import Box
@@ -57,6 +58,8 @@ class BabOptions:
     fsb_candidates: int = 3
     #: recompute the intermediate boxes of every child by CROWN (tighter, costly on wide nets)
     intermediate: bool = False
+    #: alpha-CROWN steps on the root's intermediate boxes (robverify.engine.intermediate; 0: CROWN's boxes)
+    root_intermediate_steps: int = 20
     safety: float | None = None
 
 
@@ -188,6 +191,8 @@ class ReluBab:
         prop.tighten = dom.boxes
         with torch.no_grad():
             prop.intervals(refine=refine)
+        if refine and not dom.boxes and self.opts.root_intermediate_steps > 0:
+            optimise_intermediate(prop, self.kept, self.opts.root_intermediate_steps)
         boxes = {k: (prop.boxes[k][0].detach(), prop.boxes[k][1].detach()) for k in self.kept}
         empty = torch.zeros(N, dtype=torch.bool, device=spec.x_lo.device)
         for lo, hi in boxes.values():
