@@ -170,6 +170,8 @@ class ReluBab:
         self.layers: list[_Layer] = layers
         self.n_neurons = offset
         self.G = self.spec.C.shape[1]
+        #: ``time.perf_counter()`` after which the root's intermediate optimisation starts no further layer
+        self.intermediate_deadline: float | None = None
 
     # -- bounding ---------------------------------------------------------------------------------------------
     def root(self) -> Domains:
@@ -192,7 +194,8 @@ class ReluBab:
         with torch.no_grad():
             prop.intervals(refine=refine)
         if refine and not dom.boxes and self.opts.root_intermediate_steps > 0:
-            optimise_intermediate(prop, self.kept, self.opts.root_intermediate_steps)
+            optimise_intermediate(prop, self.kept, self.opts.root_intermediate_steps,
+                                  deadline=self.intermediate_deadline)
         boxes = {k: (prop.boxes[k][0].detach(), prop.boxes[k][1].detach()) for k in self.kept}
         empty = torch.zeros(N, dtype=torch.bool, device=spec.x_lo.device)
         for lo, hi in boxes.values():

@@ -133,11 +133,13 @@ def complete_verify(model: LoadedModel, spec: Spec, *, attack: Spec | None = Non
     if mode == "input":
         bounder = None
         began = time.perf_counter()
-        open_: Domains | Boxes = bound_boxes(graph, problems.spec, torch.arange(problems.spec.batch_size),
-                                             problems.spec.x_lo, problems.spec.x_hi, opts.input_method)
+        first = torch.arange(problems.spec.batch_size, device=problems.spec.x_lo.device)
+        open_: Domains | Boxes = bound_boxes(graph, problems.spec, first, problems.spec.x_lo, problems.spec.x_hi,
+                                             opts.input_method)
     else:
         bounder = ReluBab(graph, problems, opts.bab)
         began = time.perf_counter()
+        bounder.intermediate_deadline = began + 0.25 * max(0.0, end - began)
         open_ = bounder.root()
     ledger.charge(owner, time.perf_counter() - began)
     rounds = 0

@@ -9,6 +9,7 @@ box, and later layers are bounded with the tightened earlier boxes.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -17,11 +18,14 @@ from robverify.ops import Relu
 
 
 def optimise_intermediate(prop: _Propagator, names: list[str], steps: int = 20, lr: float = 0.1,
-                          max_rows: int = 2048) -> None:
+                          max_rows: int = 2048, deadline: float | None = None) -> None:
     """Tighten ``prop.boxes[name]`` ``[B, *shape]`` in place for every ``name`` in ``names`` (topological order,
     boxes already filled by ``prop.intervals``). Layers with more than ``max_rows`` unstable neurons in a sample
-    are left as they are (the cost grows with the rows)."""
+    are left as they are (the cost grows with the rows); after ``deadline`` (``time.perf_counter()``) no further
+    layer is started."""
     for name in names:
+        if deadline is not None and time.perf_counter() > deadline:
+            return
         if name in prop.exact:
             continue
         lo, hi = prop.boxes[name]
