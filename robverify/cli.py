@@ -34,7 +34,7 @@ VerifierOpt = Annotated[Optional[str], typer.Option("--verifier", help="Verifier
 VerifierCmdOpt = Annotated[Optional[str], typer.Option(
     "--verifier-cmd", help="VNN-COMP run_instance.sh of --backend external.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(
-    "--timeout", help="Seconds per query of complete verifiers (marabou, external, verona).")]
+    "--timeout", help="Seconds per query of complete verifiers (bab, marabou, external, verona).")]
 
 
 @app.command()

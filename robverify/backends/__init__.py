@@ -44,6 +44,7 @@ register("native", _native)
 register("lirpa", _lazy("robverify.backends.lirpa", "LirpaBackend"))
 register("verona", _lazy("robverify.backends.verona", "VeronaBackend"))
 register("marabou", _lazy("robverify.backends.marabou", "MarabouBackend"))
+register("bab", _lazy("robverify.backends.bab", "BabBackend"))
 register("external", _lazy("robverify.backends.external", "ExternalBackend"))
 
 __all__ = ["AttackConfig", "Backend", "BackendOptions", "FalsifyResult", "VerifyResult", "register", "get_backend", "backend_names"]

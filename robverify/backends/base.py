@@ -50,7 +50,7 @@ class AttackConfig:
 class BackendOptions:
     """Settings that only some backends read: ``verifier`` (the verifier inside ``--backend verona``),
     ``verifier_cmd`` (the VNN-COMP ``run_instance.sh`` of ``--backend external``) and ``timeout`` (seconds per
-    query of complete verifiers: marabou, external, verona). A backend that needs one and lacks it raises
+    query of complete verifiers: bab, marabou, external, verona). A backend that needs one and lacks it raises
     :class:`RobverifyError`."""
 
     verifier: str | None = None

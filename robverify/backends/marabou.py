@@ -88,7 +88,7 @@ class MarabouBackend(CompleteBackend):
                                  f"from {model.path}, robverify {n_in} / {n_out}")
         # The parsed network's own bounds and equations; every query starts again from them.
         self._base = (dict(self.network.lowerBounds), dict(self.network.upperBounds),
-                      list(self.network.additionalEquList))
+                      list(self.network.additionalEquList), list(self.network.equList))
         self.n_solves = 0
 
     def provenance(self) -> dict[str, str | None]:
@@ -110,10 +110,11 @@ class MarabouBackend(CompleteBackend):
                                  f"(max |diff| {diff:.3g}); --backend marabou cannot verify it")
 
     def _reset(self) -> None:
-        lower, upper, extra = self._base
+        lower, upper, extra, equations = self._base
         self.network.lowerBounds = dict(lower)
         self.network.upperBounds = dict(upper)
         self.network.additionalEquList = list(extra)
+        self.network.equList = list(equations)  # the network's own equations, without earlier queries' rows
 
     def _solve(self, lo: list[float], hi: list[float], rows: list[tuple[list[float], float]]) -> tuple[str, dict]:
         """One query: box ``[lo, hi]`` (flattened inputs) and the conjunction of rows ``c·y <= d``."""
@@ -123,7 +124,7 @@ class MarabouBackend(CompleteBackend):
             self.network.setUpperBound(var, b)
         for coefs, d in rows:
             nz = [(self.output_vars[j], c) for j, c in enumerate(coefs) if c != 0.0]
-            self.network.addInequality([v for v, _ in nz], [c for _, c in nz], d)
+            self.network.addInequality([v for v, _ in nz], [c for _, c in nz], d, isProperty=True)
         options = self._marabou.createOptions(verbosity=0, timeoutInSeconds=max(1, math.ceil(self.timeout)))
         self.n_solves += 1
         with quiet_stdout():

@@ -2,10 +2,12 @@
 
 Within the time limit: PGD first (cheap, finds most counterexamples), then bounds of increasing cost
 (IBP, CROWN-IBP, CROWN, alpha-CROWN, up to the method asked for), then PGD on every disjunct on its own with
-several step sizes (at most :data:`ATTACK_SHARE` of the limit), then, for networks with at most
-:data:`SPLIT_MAX_INPUTS` inputs, input splitting with CROWN on the sub-boxes. ``unsat`` rests only on sound
-bounds; ``sat`` only on a counterexample that onnxruntime confirms against the file's float64 box and rows.
-Running out of time gives ``timeout``; running out of methods gives ``unknown``.
+several step sizes (at most :data:`ATTACK_SHARE` of the limit), then branch and bound for the time left
+(:func:`robverify.engine.complete.complete_verify`: beta-CROWN ReLU splits, or input splits on networks with at
+most :data:`SPLIT_MAX_INPUTS` inputs, with diversified attacks seeded from the hardest domains). ``unsat`` rests
+only on sound bounds; ``sat`` only on a counterexample that onnxruntime confirms against the file's float64 box
+and rows. Running out of time gives ``timeout``; ``unknown`` only when the search space is exhausted without a
+decision (domains no split can refine, or the memory budget of open domains spent).
 """
 
 from __future__ import annotations
@@ -21,15 +23,13 @@ from torch import Tensor
 from robverify.formats.vnnlib_read import VnnlibProperty, read_vnnlib
 from robverify.engine.attacks import pgd_attack
 from robverify.engine.bounds import compute_bounds
+from robverify.engine.complete import CompleteOptions, complete_verify
 from robverify.ir.model import LoadedModel
-from robverify.spec import Method, Spec
+from robverify.spec import Method, Spec, Verdict
 from robverify.formats.vnncomp_result import Result
 
-#: input splitting is tried on networks with at most this many inputs
+#: input splitting (instead of ReLU splitting) in branch and bound on networks with at most this many inputs
 SPLIT_MAX_INPUTS = 16
-#: boxes bounded per CROWN call while splitting, and the most boxes kept open
-SPLIT_BATCH = 1024
-SPLIT_MAX_OPEN = 200_000
 #: (steps, restarts) of the attacks per disjunct after the bounds failed; PGD's step is 2.5 * radius / steps
 ATTACK_SCHEDULE = ((10, 5), (20, 5), (40, 5), (10, 10), (20, 10), (80, 5))
 #: share of the time limit the attacks after the bounds may use
@@ -127,57 +127,6 @@ def _ladder(method: Method) -> list[Method]:
     return order[: order.index(method) + 1]
 
 
-def _split(model: LoadedModel, item: _Open, clock: _Clock, seed: int) -> tuple[str, Tensor | None]:
-    """Input splitting: bisect the widest input of every box CROWN cannot prove, attacking the open boxes
-    as it goes. ``("unsat", None)``, ``("sat", x)``, ``("timeout", None)`` or ``("unknown", None)``."""
-    spec = item.spec
-    lo, hi = spec.x_lo.flatten(1), spec.x_hi.flatten(1)
-    shape = spec.x_lo.shape[1:]
-    C, d = spec.C, spec.d
-    rounds = 0
-    while lo.shape[0]:
-        if clock.left() <= 0:
-            return "timeout", None
-        if lo.shape[0] > SPLIT_MAX_OPEN:
-            return "unknown", None
-        batch_lo, batch_hi = lo[:SPLIT_BATCH], hi[:SPLIT_BATCH]
-        n = batch_lo.shape[0]
-        sub = Spec(batch_lo.reshape(n, *shape), batch_hi.reshape(n, *shape), C.expand(n, -1, -1),
-                   d.expand(n, -1), spec.group)
-        margin = compute_bounds(model.graph, sub, Method.CROWN).margin_lb.detach().cpu()
-        keep = margin <= 0
-        rounds += 1
-        if rounds % 8 == 0 and bool(keep.any()) and item.inner is not None:
-            found = _attack_boxes(model, item, sub.select(keep.nonzero().squeeze(1)), seed + rounds)
-            if found is not None:
-                return "sat", found
-        open_lo, open_hi = batch_lo[keep], batch_hi[keep]
-        width = open_hi - open_lo
-        dim = width.argmax(dim=1)
-        rows = torch.arange(open_lo.shape[0])
-        mid = (open_lo[rows, dim] + open_hi[rows, dim]) / 2
-        left_hi, right_lo = open_hi.clone(), open_lo.clone()
-        left_hi[rows, dim] = mid
-        right_lo[rows, dim] = mid
-        lo = torch.cat([lo[SPLIT_BATCH:], open_lo, right_lo])
-        hi = torch.cat([hi[SPLIT_BATCH:], left_hi, open_hi])
-    return "unsat", None
-
-
-def _attack_boxes(model: LoadedModel, item: _Open, boxes: Spec, seed: int) -> Tensor | None:
-    """PGD in open sub-boxes, clipped to the inner box; a confirmed counterexample or None."""
-    inner = item.inner
-    lo = torch.maximum(boxes.x_lo, inner.x_lo)
-    hi = torch.minimum(boxes.x_hi, inner.x_hi)
-    hi = torch.maximum(hi, lo)
-    sub = Spec(lo, hi, boxes.C, boxes.d, boxes.group)
-    result = pgd_attack(model.graph, sub, steps=20, restarts=1, seed=seed)
-    if not bool(result.found.any()):
-        return None
-    idx = result.found.nonzero().squeeze(1)
-    return _first_confirmed(model, item, result.x_adv[idx].detach().cpu())
-
-
 def answer_instance(model: LoadedModel, vnnlib: str | Path, *, timeout: float = 60.0,
                     method: Method | str = Method.ALPHA_CROWN, seed: int = 0, start: float | None = None) -> Answer:
     """Decide the property of ``vnnlib`` on ``model`` within ``timeout`` seconds counted from ``start``
@@ -232,18 +181,25 @@ def answer_instance(model: LoadedModel, vnnlib: str | Path, *, timeout: float = 
                 return done(Result.SAT, "attack", "PGD counterexample confirmed by onnxruntime", x)
         if clock.left() <= 0:
             return done(Result.TIMEOUT, "attack", "time limit reached while attacking")
-    n_inputs = math.prod(shape)
+    # 4. branch and bound (ReLU splits, or input splits for few inputs) with attacks, for the time left
+    options = CompleteOptions(input_split_max=SPLIT_MAX_INPUTS, seed=seed)
     for item in items:
         if item.proved:
             continue
-        if n_inputs <= SPLIT_MAX_INPUTS:
-            outcome, x = _split(model, item, clock, seed)
-            if outcome == "sat":
-                return done(Result.SAT, "split", "counterexample in a sub-box, confirmed by onnxruntime", x)
-            if outcome == "timeout":
-                return done(Result.TIMEOUT, "split", "time limit reached while splitting the input box")
-            item.proved = outcome == "unsat"
+        if clock.left() <= 0:
+            return done(Result.TIMEOUT, "bab", "time limit reached before branch and bound")
+        outcome = complete_verify(model, item.spec, attack=item.inner if item.inner is not None else item.spec,
+                                  exact=item.exact, timeout=clock.left(), deadline=clock.deadline, options=options)
+        verdict, stage = outcome.verdict[0], f"bab-{outcome.mode}"
+        effort = f"{int(outcome.domains[0])} domains"
+        if verdict is Verdict.FALSIFIED:
+            return done(Result.SAT, stage, f"counterexample found in branch and bound ({effort}), confirmed by "
+                        "onnxruntime", outcome.x_adv[0])
+        if verdict is Verdict.TIMEOUT:
+            return done(Result.TIMEOUT, stage, f"time limit reached in branch and bound ({effort})")
+        item.proved = verdict is Verdict.VERIFIED
+        item.seen.append(f"{stage}: {outcome.reason[0]} ({effort})")
     if all(i.proved for i in items):
-        return done(Result.UNSAT, "split", "CROWN bound > 0 on every sub-box")
+        return done(Result.UNSAT, "bab", "every branch-and-bound domain bounded > 0")
     open_bounds = "; ".join(s for i in items if not i.proved for s in i.seen[-1:])
     return done(Result.UNKNOWN, "", f"no bound proved the property ({open_bounds}) and PGD found no counterexample")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -156,15 +157,26 @@ class _Propagator:
         self._width: dict[str, int] = {}
         self.images = _input_images(graph)
         self._row_elements: dict[str, int] = {}  # per-row coefficient elements seen in a refinement pass
+        #: BaB hook 1 (robverify.engine.bab): boxes ``(lo, hi)`` ``[B, *shape]`` intersected with the box of the
+        #: named nonlinear-input nodes as soon as it is computed (a domain's inherited boxes and ReLU splits)
+        self.tighten: dict[str, Box] = {}
 
     # -- passes ------------------------------------------------------------------------------------------------
     def intervals(self, refine: bool) -> None:
         """Fill ``boxes`` for every node in order; with ``refine``, tighten the inputs of nonlinear nodes."""
         for node in self.graph.nodes:
             box = node.op.interval(*(self.boxes[i] for i in node.inputs))
+            box = self._tightened(node.name, box)
             if refine and node.name in self.relu_only and node.name not in self.exact:
-                box = self.refine(node.name, box)
+                box = self._tightened(node.name, self.refine(node.name, box))
             self.boxes[node.name] = box
+
+    def _tightened(self, name: str, box: Box) -> Box:
+        """BaB hook 1: ``box`` intersected with ``tighten[name]`` (may leave ``lo > hi``: an infeasible domain)."""
+        extra = self.tighten.get(name)
+        if extra is None:
+            return box
+        return torch.maximum(box[0], extra[0]), torch.minimum(box[1], extra[1])
 
     def ancestors(self, name: str) -> list[Node]:
         if name not in self._ancestors:
@@ -174,18 +186,27 @@ class _Propagator:
             self._width[name] = max(sizes)
         return self._ancestors[name]
 
-    def backward_bound(self, start: str, A: Tensor | Patches, alphas: dict[str, Tensor] | None = None) -> Tensor:
+    def backward_bound(self, start: str, A: Tensor | Patches, alphas: dict[str, Tensor] | None = None,
+                       hook: Callable[[str, Tensor | None], Tensor | None] | None = None) -> Tensor:
         """Lower bound of ``A . value(start)`` over the input box: ``A`` ``[B, K, *shape]`` (or patches of K
-        rows) -> ``[B, K]``. Patches stay patches while that is cheaper (:func:`worth_keeping`)."""
+        rows) -> ``[B, K]``. Patches stay patches while that is cheaper (:func:`worth_keeping`).
+
+        BaB hook 2: ``hook(name, a)`` sees the dense coefficient ``a`` ``[B, K, *shape]`` (or None) of every node's
+        value once all its consumers have contributed, and returns the coefficient to use instead (beta-CROWN adds
+        ``beta * s`` to a split pre-activation's; branching reads a ReLU output's)."""
         coeffs: dict[str, Tensor | Patches] = {start: A}
         first = A.coef if isinstance(A, Patches) else A
         bias = first.new_zeros(first.shape[:2])
         widest = 0
         for node in reversed(self.ancestors(start)):
             a = coeffs.pop(node.name, None)
+            if hook is not None:
+                if isinstance(a, Patches):
+                    a = a.to_dense(node.shape)
+                a = hook(node.name, a)
             if a is None:
                 continue
-            if not coeffs and node.name in self.images:
+            if hook is None and not coeffs and node.name in self.images:
                 # The box of an elementwise image of the input is exact: concretize here (same value).
                 coeffs[node.name] = a
                 break
@@ -210,7 +231,8 @@ class _Propagator:
 
     def concretize(self, name: str, a: Tensor | Patches) -> Tensor:
         """Lower bound ``[B, K]`` of ``a . value(name)`` over ``name``'s box (exact for the input's images)."""
-        lo, hi = self.boxes[name]
+        # the input box is read from x_lo / x_hi, which a caller may replace by tensors that track gradients
+        lo, hi = (self.x_lo, self.x_hi) if name == self.graph.input_name else self.boxes[name]
         if isinstance(a, Patches):
             return a.concretize((lo, hi))
         center = ((lo + hi) / 2).flatten(1).unsqueeze(-1)

@@ -1,0 +1,57 @@
+"""``--backend bab``: robverify's own complete verifier (batched branch and bound with beta-CROWN, input splitting
+for few inputs, diversified attacks; :mod:`robverify.engine.complete`).
+
+``verify``: the native bound with ``--method`` first; the specs it leaves open go, all in one batch, to
+:func:`~robverify.engine.complete.complete_verify` with ``--timeout`` seconds per spec (default 30). A spec is
+verified only when branch and bound discarded every domain by a sound bound; its counterexamples (already
+confirmed by onnxruntime) are remembered and offered again by ``falsify``, which re-checks them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from robverify.backends.base import AttackConfig, Backend, BackendOptions
+from robverify.engine.bounds import compute_bounds
+from robverify.engine.complete import CompleteOptions, complete_verify
+from robverify.ir.model import LoadedModel
+from robverify.spec import Method, Spec, Verdict
+
+
+@dataclass(frozen=True)
+class BabRecord:
+    """One spec that branch and bound handled: its ``verdict``, ``reason``, ``domains`` bounded and ``seconds``."""
+
+    verdict: Verdict
+    reason: str
+    domains: int
+    seconds: float
+
+
+class BabBackend(Backend):
+    """Complete verification in the native engine; ``options.timeout`` seconds per open spec (default 30)."""
+
+    name = "bab"
+    default_timeout = 30.0
+
+    def __init__(self, model: LoadedModel, method: Method | str = Method.CROWN, *, batch_size: int = 256,
+                 attack: AttackConfig | None = None, options: BackendOptions | None = None) -> None:
+        super().__init__(model, method, batch_size=batch_size, attack=attack, options=options)
+        self.timeout = float(self.options.timeout) if self.options.timeout is not None else self.default_timeout
+        self.records: list[BabRecord] = []
+
+    def _bound(self, spec: Spec) -> Tensor:
+        return compute_bounds(self.model.graph, spec, self.method).margin_lb
+
+    def _complete(self, spec: Spec, margin_lb: Tensor) -> Tensor:
+        result = complete_verify(self.model, spec, timeout=self.timeout,
+                                 options=CompleteOptions(seed=self.attack.seed))
+        for i, verdict in enumerate(result.verdict):
+            if verdict is Verdict.FALSIFIED:
+                self._remember(spec, i, result.x_adv[i])
+            self.records.append(BabRecord(verdict, result.reason[i], int(result.domains[i]),
+                                          float(result.seconds[i])))
+        return torch.tensor([v is Verdict.VERIFIED for v in result.verdict], dtype=torch.bool)
