@@ -213,7 +213,8 @@ class _Propagator:
             if isinstance(a, Patches) and not worth_keeping(a, node.shape):
                 a = a.to_dense(node.shape)
             boxes = [self.boxes[i] for i in node.inputs]
-            step = patch_backward(node.op, a, node.shape, boxes) if isinstance(a, Patches) else None
+            own_alpha = bool(alphas) and node.name in alphas  # optimised slopes: the dense rule reads them
+            step = patch_backward(node.op, a, node.shape, boxes) if isinstance(a, Patches) and not own_alpha else None
             if step is None:
                 if isinstance(a, Patches):
                     a = a.to_dense(node.shape)
