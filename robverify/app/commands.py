@@ -124,6 +124,16 @@ def finalize_run(run: Any, table: pd.DataFrame | None = None) -> pd.DataFrame:
     return table
 
 
+def _with_bar(prep: Prepared, console: Any, verb: str, job: Callable[[Progress], pd.DataFrame]) -> pd.DataFrame:
+    """Run ``job(progress)`` under one progress line per run (samples done / total, resumed ones counted)."""
+    from robverify.progress import progress_bar
+
+    with progress_bar(console) as bar:
+        task = bar.add(f"{verb} {prep.loaded.name} ({prep.engine.method.value})", total=prep.samples.x.shape[0],
+                       completed=prep.done)
+        return job(lambda k: bar.advance(task, k))
+
+
 # ------------------------------------------------------------------------------------------------------- certify
 
 
@@ -149,14 +159,8 @@ def run_certify_job(prep: Prepared, eps: Sequence[float], progress: Progress | N
 
 def certify(model: Path, *, eps: Sequence[float], console: Any = None, **kwargs: Any) -> tuple[Prepared, pd.DataFrame]:
     """``robverify certify``: prepare, run with a progress bar on ``console`` (None: silent), finish."""
-    from robverify.progress import progress_bar
-
     prep = prepare_certify(model, eps=eps, **kwargs)
-    with progress_bar(console) as bar:
-        job = bar.add(f"certify {prep.loaded.name} ({prep.engine.method.value})", total=kwargs["n"],
-                      completed=prep.done)
-        table = run_certify_job(prep, eps, progress=lambda k: bar.advance(job, k))
-    return prep, table
+    return prep, _with_bar(prep, console, "certify", lambda progress: run_certify_job(prep, eps, progress))
 
 
 # -------------------------------------------------------------------------------------------------- sweep-epsilon
@@ -192,14 +196,8 @@ def run_sweep_job(prep: Prepared, settings: Any, progress: Progress | None = Non
 
 def sweep_epsilon(model: Path, *, settings: Any, console: Any = None, **kwargs: Any) -> tuple[Prepared, pd.DataFrame]:
     """``robverify sweep-epsilon``: prepare, run with a progress bar on ``console`` (None: silent), finish."""
-    from robverify.progress import progress_bar
-
     prep = prepare_sweep(model, settings=settings, **kwargs)
-    with progress_bar(console) as bar:
-        job = bar.add(f"sweep {prep.loaded.name} ({prep.engine.method.value})", total=kwargs["n"],
-                      completed=prep.done)
-        table = run_sweep_job(prep, settings, progress=lambda k: bar.advance(job, k))
-    return prep, table
+    return prep, _with_bar(prep, console, "sweep", lambda progress: run_sweep_job(prep, settings, progress))
 
 
 def import_verona(result_df: Path, out: Path, *, model: str | None = None, task: str | None = None) -> pd.DataFrame:
