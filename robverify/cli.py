@@ -23,7 +23,9 @@ err_console = Console(stderr=True, markup=False)
 # Shared options, defined once.
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task, e.g. mnist5k[0-4]; default: the model card's.")]
 NOpt = Annotated[int, typer.Option("-n", "--n", min=1, help="Number of test samples (seeded choice).")]
-MethodOpt = Annotated[str, typer.Option("--method", help="ibp, crown-ibp, crown or alpha-crown.")]
+MethodOpt = Annotated[str, typer.Option(
+    "--method", help="ibp, crown-ibp, crown, alpha-crown, or bab (CROWN, then branch and bound: --timeout seconds "
+                     "per open spec in certify, per sample in sweep-epsilon; default 10).")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="Verification backend.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run directory (created; resumed if it holds the same run).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of sample choice, splits and attacks.")]
@@ -86,6 +88,11 @@ def sweep_epsilon(
     console.print(f"{len(table)} samples, {len(correct)} correctly classified; "
                   f"median eps_lo {correct['eps_lo'].median():.4g}, median eps_hi {correct['eps_hi'].median():.4g}, "
                   f"mean bound calls {correct['n_calls'].mean():.1f}")
+    if "bab_s" in correct and (correct["bab_s"] > 0).any():
+        exact = correct["status"].isin(["exact", "robust"]).mean()
+        lo, hi = (correct["lo_by"] == "bab").sum(), (correct["hi_by"] == "bab").sum()
+        console.print(f"branch and bound: {lo} lower and {hi} upper ends decided, {int(correct['domains'].sum())} domains, {correct['bab_s'].sum():.1f} s;"
+                      f" {exact:.0%} of brackets exact")
     console.print(f"results: {out / 'results.parquet'}  figures: {out / 'figures'}")
 
 

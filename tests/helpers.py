@@ -263,3 +263,22 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def digits_mlp(path: Path) -> Path:
+    """A small MLP trained (seeded, a few seconds) on digits[0-4] and exported to ``path`` with its model card."""
+    from robverify.formats.model_card import ModelCard
+    from trainers.tasks import load_task
+    from trainers.training import train_standard
+    from trainers.zoo import arch_config, build_model
+
+    torch.manual_seed(0)
+    data = load_task("digits[0-4]")
+    model = build_model("mlp", data.input_shape, data.n_classes, mean=[0.3], std=[0.4], widths=[32, 16], seed=0)
+    train_standard(model, data.x_train, data.y_train, epochs=15, lr=3e-3, seed=0)
+    card = ModelCard(architecture=arch_config(model), task="digits[0-4]", source_task=None, strategy=None,
+                     training={"method": "standard"}, seed=0, clean_acc=None, pgd_acc=None, certified_acc=None,
+                     train_time_s=None, parent_hash=None, similarity={}, trainable={}, onnx_sha256=None,
+                     opset=None, parity_max_abs_diff=None, robverify_version="test")
+    export_onnx(model, path, data.input_shape, card=card)
+    return Path(path)

@@ -11,12 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
-from properties.onnx_export import export_onnx
-from trainers.tasks import load_task
-from trainers.training import train_standard
-from trainers.zoo import build_model
+from helpers import digits_mlp
 
 ROBVERIFY = [sys.executable, "-m", "robverify.cli"]
 
@@ -28,20 +24,7 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory) -> Path:
     """A small MLP trained on digits[0-4], exported with its model card."""
-    from robverify.formats.model_card import ModelCard
-    from trainers.zoo import arch_config
-
-    torch.manual_seed(0)
-    data = load_task("digits[0-4]")
-    model = build_model("mlp", data.input_shape, data.n_classes, mean=[0.3], std=[0.4], widths=[32, 16], seed=0)
-    train_standard(model, data.x_train, data.y_train, epochs=15, lr=3e-3, seed=0)
-    card = ModelCard(architecture=arch_config(model), task="digits[0-4]", source_task=None, strategy=None,
-                     training={"method": "standard"}, seed=0, clean_acc=None, pgd_acc=None, certified_acc=None,
-                     train_time_s=None, parent_hash=None, similarity={}, trainable={}, onnx_sha256=None,
-                     opset=None, parity_max_abs_diff=None, robverify_version="test")
-    out = tmp_path_factory.mktemp("model") / "digits.onnx"
-    export_onnx(model, out, data.input_shape, card=card)
-    return out
+    return digits_mlp(tmp_path_factory.mktemp("model") / "digits.onnx")
 
 
 def test_help_lists_the_commands():

@@ -83,6 +83,24 @@ def test_native_crown_through_verona_equals_native_grid(digits, tmp_path):
     assert sorted(raw["image_id"]) == sorted(correct["sample_id"])
 
 
+def test_native_bab_through_verona_proves_at_least_native_crown(digits, tmp_path):
+    """``--verifier native-bab``: VERONA asks robverify's branch and bound one (image, eps) at a time; every grid
+    bracket holds the native CROWN one's lower end or more, and never goes above a falsified eps."""
+    model, samples = digits
+    crown = _sweep(tmp_path, "crown", get_backend("verona")(model, "crown", attack=ATTACK,
+                                                            options=BackendOptions(verifier="native-crown")), samples)
+    backend = get_backend("verona")(model, "crown", attack=ATTACK,
+                                    options=BackendOptions(verifier="native-bab", timeout=2))
+    assert backend.inner.name == "bab" and backend.verifier == "native-bab"
+    bab = _sweep(tmp_path, "bab", backend, samples)
+    validate_table(bab, "sweep")
+    assert set(bab["method"]) == {"native-bab"}
+    ok = (bab["status"] != "misclassified").to_numpy()
+    lo_bab, lo_crown = bab["eps_lo"].fillna(-1).to_numpy()[ok], crown["eps_lo"].fillna(-1).to_numpy()[ok]
+    assert (lo_bab >= lo_crown).all()
+    assert (bab["eps_lo"].to_numpy()[ok] < crown["eps_hi"].to_numpy()[ok]).all()
+
+
 def test_pgd_is_an_upper_bound_only(digits, tmp_path):
     model, samples = digits
     backend = get_backend("verona")(model, "crown", options=BackendOptions(verifier="pgd"))
@@ -132,6 +150,7 @@ def test_verifier_names():
     assert parse_verifier("native-crown")[0] == "native"
     assert parse_verifier("lirpa-crown-ibp")[1].value == "crown-ibp"
     assert parse_verifier("pgd") == ("pgd", None)
+    assert parse_verifier("native-bab") == ("bab", None)
     for bad in ("crown", "native-foo", None):
         with pytest.raises(RobverifyError, match="verifier"):
             parse_verifier(bad)

@@ -85,6 +85,19 @@ def backend_options(verifier: str | None = None, verifier_cmd: str | None = None
     return BackendOptions(verifier=verifier, verifier_cmd=verifier_cmd, timeout=timeout)
 
 
+def method_and_backend(method: str, backend: str) -> tuple[str, str]:
+    """``--method``, ``--backend`` as the backend registry reads them: ``--method bab`` is robverify's branch and
+    bound (``--backend bab`` with CROWN as its bound), only with ``--backend native`` or ``bab``."""
+    from robverify.spec import Method
+
+    if method.strip().lower() == "bab":
+        if backend not in ("native", "bab"):
+            raise RobverifyError(f"--method bab is robverify's own branch and bound; it does not run inside "
+                                 f"--backend {backend} (VERONA: --backend verona --verifier native-bab)")
+        return Method.CROWN.value, "bab"
+    return Method.parse(method).value, backend
+
+
 def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: int, seed: int,
             data_root: Path | None, device: str, method: str, backend: str, out: Path | None, batch_size: int,
             options: Any, settings: dict) -> Prepared:
@@ -141,10 +154,8 @@ def prepare_certify(model: Path, *, eps: Sequence[float], task: str | None, n: i
                     out: Path | None, seed: int, device: str, data_root: Path | None, batch_size: int,
                     options: Any) -> Prepared:
     """Check the certify settings and :func:`prepare` it."""
-    from robverify.spec import Method
-
     check_eps(eps)
-    method = Method.parse(method).value
+    method, backend = method_and_backend(method, backend)
     return prepare("certify", ["sample_id", "eps"], model, task=task, n=n, seed=seed, data_root=data_root,
                    device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
                    settings=dict(eps=sorted(eps)))
@@ -172,11 +183,10 @@ def prepare_sweep(model: Path, *, task: str | None, n: int, method: str, backend
     """Pick the epsilon search of ``backend``, let it check ``settings`` (a :class:`SweepSettings`), and
     :func:`prepare` the sweep (same fingerprint from the CLI and from a study)."""
     from robverify.runs.sweep import search_for
-    from robverify.spec import Method
 
+    method, backend = method_and_backend(method, backend)
     search = search_for(backend)
     search.check(settings)
-    method = Method.parse(method).value
     prep = prepare("sweep-epsilon", ["sample_id"], model, task=task, n=n, seed=seed, data_root=data_root,
                    device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
                    settings=settings.fingerprint())

@@ -1,10 +1,12 @@
-"""``--backend bab``: robverify's own complete verifier (batched branch and bound with beta-CROWN, input splitting
-for few inputs, diversified attacks; :mod:`robverify.engine.complete`).
+"""``--backend bab`` (``--method bab``): robverify's own complete verifier (batched branch and bound with beta-CROWN,
+input splitting for few inputs, diversified attacks; :mod:`robverify.engine.complete`).
 
 ``verify``: the native bound with ``--method`` first; the specs it leaves open go, all in one batch, to
-:func:`~robverify.engine.complete.complete_verify` with ``--timeout`` seconds per spec (default 30). A spec is
+:func:`~robverify.engine.complete.complete_verify` with ``--timeout`` seconds per spec (default 10). A spec is
 verified only when branch and bound discarded every domain by a sound bound; its counterexamples (already
-confirmed by onnxruntime) are remembered and offered again by ``falsify``, which re-checks them.
+confirmed by onnxruntime) are remembered and offered again by ``falsify``, which re-checks them. In a sweep the
+bracket search runs on the bound alone, then :meth:`BabBackend.decide` closes the open brackets with
+``--timeout`` seconds per sample (:func:`robverify.runs.search.close_brackets`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robverify.backends.base import AttackConfig, Backend, BackendOptions
+from robverify.backends.base import AttackConfig, Backend, BackendOptions, Decision
 from robverify.engine.bounds import compute_bounds
 from robverify.engine.complete import CompleteOptions, complete_verify
+from robverify.ir.layout import fit_spec
 from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
 
@@ -32,10 +35,12 @@ class BabRecord:
 
 
 class BabBackend(Backend):
-    """Complete verification in the native engine; ``options.timeout`` seconds per open spec (default 30)."""
+    """Complete verification in the native engine; ``options.timeout`` seconds per open spec (default 10; in a
+    sweep, per sample over all its searches)."""
 
     name = "bab"
-    default_timeout = 30.0
+    decides = True
+    default_timeout = 10.0
 
     def __init__(self, model: LoadedModel, method: Method | str = Method.CROWN, *, batch_size: int = 256,
                  attack: AttackConfig | None = None, options: BackendOptions | None = None) -> None:
@@ -46,12 +51,28 @@ class BabBackend(Backend):
     def _bound(self, spec: Spec) -> Tensor:
         return compute_bounds(self.model.graph, spec, self.method).margin_lb
 
-    def _complete(self, spec: Spec, margin_lb: Tensor) -> Tensor:
-        result = complete_verify(self.model, spec, timeout=self.timeout,
-                                 options=CompleteOptions(seed=self.attack.seed))
+    def _search(self, spec: Spec, budget: float | Tensor) -> Decision:
+        result = complete_verify(self.model, spec, timeout=budget, options=CompleteOptions(seed=self.attack.seed))
         for i, verdict in enumerate(result.verdict):
             if verdict is Verdict.FALSIFIED:
                 self._remember(spec, i, result.x_adv[i])
             self.records.append(BabRecord(verdict, result.reason[i], int(result.domains[i]),
                                           float(result.seconds[i])))
-        return torch.tensor([v is Verdict.VERIFIED for v in result.verdict], dtype=torch.bool)
+        return Decision(result.verdict, result.x_adv, result.domains.long(), result.seconds.double())
+
+    def _complete(self, spec: Spec, margin_lb: Tensor) -> Tensor:
+        decision = self._search(spec, self.timeout)
+        return torch.tensor([v is Verdict.VERIFIED for v in decision.verdict], dtype=torch.bool)
+
+    @property
+    def sample_budget(self) -> float:
+        return self.timeout
+
+    def decide(self, spec: Spec, budget: Tensor) -> Decision:
+        """Branch and bound (with its attacks) on each spec within ``budget`` ``[B]`` seconds; counterexamples
+        are confirmed by onnxruntime inside the search and come back in the model's input layout."""
+        spec = fit_spec(self.model.graph, spec)
+        if spec.batch_size == 0:
+            return Decision([], spec.x_lo.detach().cpu(), torch.zeros(0, dtype=torch.long),
+                            torch.zeros(0, dtype=torch.float64))
+        return self._search(spec, budget.to(torch.float64).cpu())

@@ -9,13 +9,14 @@ an ``unsat`` contradicted by a confirmed PGD counterexample is recorded as an er
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 from torch import Tensor
@@ -80,10 +81,25 @@ class FalsifyResult:
     distance: Tensor
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What a deciding backend (:meth:`Backend.decide`) made of B specs: ``verdict`` (list of :class:`Verdict`:
+    verified by a sound search, falsified with a confirmed ``x_adv`` ``[B, *input_shape]``, else timeout /
+    unknown), ``domains`` ``[B]`` (long) and ``seconds`` ``[B]`` (float64) spent on each."""
+
+    verdict: list[Verdict]
+    x_adv: Tensor
+    domains: Tensor
+    seconds: Tensor
+
+
 class Backend(ABC):
     """Verifies (``verify``) and falsifies (``falsify``) batches of specs on one model."""
 
     name: ClassVar[str]
+    #: True for a backend that decides specs beyond its bound within a time budget (:meth:`decide`): a sweep then
+    #: runs the bracket search on the bound alone (:meth:`bounds_only`) and spends the budget inside open brackets
+    decides: ClassVar[bool] = False
 
     def __init__(self, model: LoadedModel, method: Method | str = Method.CROWN, *, batch_size: int = 256,
                  attack: AttackConfig | None = None, options: BackendOptions | None = None) -> None:
@@ -93,6 +109,25 @@ class Backend(ABC):
         self.batch_size = batch_size
         self.attack = attack or AttackConfig()
         self._known: dict[bytes, Tensor] = {}  # counterexamples confirmed outside PGD, by spec content
+        self._bounds_only = False
+
+    @contextlib.contextmanager
+    def bounds_only(self) -> Iterator[None]:
+        """Within the block, :meth:`verify` answers by the sound bound alone (no complete search)."""
+        before, self._bounds_only = self._bounds_only, True
+        try:
+            yield
+        finally:
+            self._bounds_only = before
+
+    def decide(self, spec: Spec, budget: Tensor) -> Decision:
+        """Decide each spec within ``budget`` ``[B]`` seconds (backends with ``decides``)."""
+        raise NotImplementedError(f"backend {self.name} does not decide specs beyond its bound")
+
+    @property
+    def sample_budget(self) -> float:
+        """Seconds per sample a deciding backend spends inside a sweep's open brackets (backends with ``decides``)."""
+        raise NotImplementedError(f"backend {self.name} does not decide specs beyond its bound")
 
     def provenance(self) -> dict[str, str | None]:
         """The verifier libraries (name -> installed version) or external tools this backend used, for run.json.
@@ -143,7 +178,7 @@ class Backend(ABC):
         margin_lb = torch.where(torch.isnan(margin_lb), torch.full_like(margin_lb, -torch.inf), margin_lb)
         verified = margin_lb > 0
         open_ = (~verified).nonzero().squeeze(1)
-        if open_.numel():
+        if open_.numel() and not self._bounds_only:
             proved = self._complete(spec.select(open_.to(spec.x_lo.device)), margin_lb[open_])
             verified[open_] = proved.detach().cpu().bool().reshape(-1)
         return VerifyResult(verified, margin_lb)

@@ -7,6 +7,8 @@ Verifiers (``--verifier``):
   ``VerificationModule``;
 * ``lirpa-<method>``: auto-LiRPA (:mod:`robverify.backends.lirpa`) likewise;
 * ``marabou``: robverify's Marabou backend (complete; ``--timeout`` seconds per query);
+* ``native-bab``: robverify's own complete verifier (:mod:`robverify.backends.bab`: CROWN, then branch and bound
+  for what it leaves open; ``--timeout`` seconds per query);
 * ``pgd``: VERONA's own ``AttackEstimationModule(PGDAttack)``. A failed attack is reported UNSAT by VERONA, so
   its "critical epsilon" is an *upper* estimate: robverify never counts it as verified.
 
@@ -47,16 +49,19 @@ def import_verona() -> types.ModuleType:
 
 def verifier_names() -> list[str]:
     methods = [m.value for m in Method]
-    return [f"native-{m}" for m in methods] + [f"lirpa-{m}" for m in methods] + ["marabou", "pgd"]
+    return [f"native-{m}" for m in methods] + ["native-bab"] + [f"lirpa-{m}" for m in methods] + ["marabou", "pgd"]
 
 
 def parse_verifier(text: str | None) -> tuple[str, Method | None]:
-    """``native-crown`` -> ``("native", Method.CROWN)``; ``marabou`` / ``pgd`` -> ``(name, None)``."""
+    """``native-crown`` -> ``("native", Method.CROWN)``; ``marabou`` / ``pgd`` -> ``(name, None)``;
+    ``native-bab`` -> ``("bab", None)``."""
     if text is None:
         raise RobverifyError(f"--backend verona needs --verifier, one of {', '.join(verifier_names())}")
     name = text.strip().lower()
     if name in ("marabou", "pgd"):
         return name, None
+    if name == "native-bab":
+        return "bab", None
     for engine in ("native", "lirpa"):
         prefix = f"{engine}-"
         if name.startswith(prefix) and name[len(prefix):] in {m.value for m in Method}:
@@ -69,6 +74,11 @@ def _inner_backend(engine: str, method: Method | None, model: LoadedModel, batch
     """The robverify backend behind a verifier (None for ``pgd``)."""
     if engine == "pgd":
         return None
+    if engine == "bab":
+        from robverify.backends import get_backend
+
+        return get_backend("bab")(model, Method.CROWN, batch_size=batch_size, attack=attack,
+                                  options=BackendOptions(timeout=options.timeout))
     if engine == "marabou":
         if importlib.util.find_spec("robverify.backends.marabou") is None:
             raise RobverifyError("--verifier marabou needs robverify's marabou backend, which this version lacks")
@@ -91,7 +101,8 @@ class VeronaBackend(Backend):
         super().__init__(model, method, batch_size=batch_size, attack=attack, options=options)
         self.verona = import_verona()
         self.engine, inner_method = parse_verifier(self.options.verifier)
-        self.verifier = self.engine if inner_method is None else f"{self.engine}-{inner_method.value}"
+        self.verifier = ("native-bab" if self.engine == "bab" else self.engine) if inner_method is None else \
+            f"{self.engine}-{inner_method.value}"
         if inner_method is not None:
             self.method = inner_method
         self.inner = _inner_backend(self.engine, inner_method, model, batch_size, attack, self.options)

@@ -80,10 +80,10 @@ class _Ledger:
 
 
 def complete_verify(model: LoadedModel, spec: Spec, *, attack: Spec | None = None, exact: Spec | None = None,
-                    timeout: float = 30.0, deadline: float | None = None,
+                    timeout: float | Tensor = 30.0, deadline: float | None = None,
                     options: CompleteOptions | None = None) -> CompleteResult:
-    """Decide every sample of ``spec`` within ``timeout`` seconds each (and before ``deadline``,
-    ``time.perf_counter()``, for all).
+    """Decide every sample of ``spec`` within ``timeout`` seconds each (a number, or ``[B]`` one per sample) and
+    before ``deadline`` (``time.perf_counter()``) for all.
 
     Args:
         spec: B specs on the graph, bounded as given (float32 boxes rounded outward for files).
@@ -95,9 +95,11 @@ def complete_verify(model: LoadedModel, spec: Spec, *, attack: Spec | None = Non
     exact = exact or spec
     graph = model.graph
     B = spec.batch_size
+    limit = torch.as_tensor(timeout, dtype=torch.float64).cpu().expand(B).clone()
     ledger = _Ledger(B, (attack.x_lo + attack.x_hi) / 2)
     start = time.perf_counter()
-    end = start + timeout * B if deadline is None else min(deadline, start + timeout * B)
+    total = float(limit.sum())
+    end = start + total if deadline is None else min(deadline, start + total)
     mode = opts.mode
     if mode == "auto":
         mode = "input" if graph.n_inputs <= opts.input_split_max else "relu"
@@ -155,8 +157,8 @@ def complete_verify(model: LoadedModel, spec: Spec, *, attack: Spec | None = Non
                 else:
                     ledger.status[b] = Verdict.VERIFIED
                     ledger.reason[b] = f"every domain bounded > 0 ({mode} split)"
-            elif ledger.open(b) and float(ledger.seconds[b]) > timeout:
-                ledger.status[b], ledger.reason[b] = Verdict.TIMEOUT, f"time share {timeout:g} s spent"
+            elif ledger.open(b) and float(ledger.seconds[b]) > float(limit[b]):
+                ledger.status[b], ledger.reason[b] = Verdict.TIMEOUT, f"time share {float(limit[b]):g} s spent"
         if len(open_) == 0 or all(s is not None for s in ledger.status):
             break
         if time.perf_counter() > end:

@@ -14,7 +14,7 @@ from torch import Tensor
 from robverify.backends.base import Backend
 from robverify.runs.rundir import RunDir
 from robverify.runs.schema import SweepStatus
-from robverify.runs.search import critical_epsilon
+from robverify.runs.search import close_brackets, critical_epsilon
 from robverify.runs.sweep import SweepSettings
 from robverify.spec import Verdict, robustness_spec
 
@@ -90,10 +90,17 @@ def run_certify(run: RunDir, backend: Backend, samples: Samples, eps: Sequence[f
 
 
 def run_sweep(run: RunDir, backend: Backend, samples: Samples, settings: SweepSettings | None = None, *,
-              chunk: int = 64, progress: Progress | None = None) -> pd.DataFrame:
+              chunk: int | None = None, progress: Progress | None = None) -> pd.DataFrame:
     """The robustness distribution: the bracket ``[eps_lo, eps_hi]`` of every sample (one row each), by the
-    batched bracket search with ``settings`` (default :class:`SweepSettings()`)."""
+    batched bracket search with ``settings`` (default :class:`SweepSettings()`).
+
+    With a deciding backend (``backend.decides``, e.g. ``bab``) the bracket search runs on the sound bound alone,
+    then :func:`~robverify.runs.search.close_brackets` spends ``backend.sample_budget`` seconds per sample inside
+    the brackets it left open. Chunks of ``chunk`` samples (default 64; 16 with a deciding backend, so an
+    interrupted run loses little search) are committed as they finish."""
     settings = settings or SweepSettings()
+    deciding = backend.decides
+    chunk = chunk or (16 if deciding else 64)
     for idx in _pending(run, samples, chunk):
         start = time.perf_counter()
         x, label = samples.x[idx], samples.label[idx]
@@ -104,19 +111,32 @@ def run_sweep(run: RunDir, backend: Backend, samples: Samples, settings: SweepSe
         eps_hi = torch.zeros(n, dtype=torch.float64)
         n_calls = torch.zeros(n, dtype=torch.long)
         n_attacks = torch.zeros(n, dtype=torch.long)
+        domains = torch.zeros(n, dtype=torch.long)
+        bab_s = torch.zeros(n, dtype=torch.float64)
         status = [SweepStatus.MISCLASSIFIED.value] * n
+        lo_by, hi_by = ["none"] * n, ["none"] * n
         ok = correct.nonzero().squeeze(1)
         if ok.numel():
-            res = critical_epsilon(backend, x[ok], label[ok], samples.n_classes, tol=settings.tol,
-                                   grid=settings.grid, eps_max=settings.eps_max)
+            search = dict(tol=settings.tol, grid=settings.grid, eps_max=settings.eps_max)
+            if deciding:
+                with backend.bounds_only():
+                    res = critical_epsilon(backend, x[ok], label[ok], samples.n_classes, **search)
+                res = close_brackets(backend, x[ok], label[ok], samples.n_classes, res,
+                                     budget=backend.sample_budget, **search)
+            else:
+                res = critical_epsilon(backend, x[ok], label[ok], samples.n_classes, **search)
             eps_lo[ok], eps_hi[ok] = res.eps_lo, res.eps_hi
             n_calls[ok], n_attacks[ok] = res.n_calls, res.n_attacks
+            domains[ok], bab_s[ok] = res.domains, res.bab_s
             for j, i in enumerate(ok.tolist()):
                 status[i] = SweepStatus(res.status[j]).value
+                lo_by[i], hi_by[i] = res.lo_by[j], res.hi_by[j]
         seconds = time.perf_counter() - start
         rows = pd.DataFrame(_common(run, backend, samples, idx, pred, seconds))
         rows["eps_lo"], rows["eps_hi"] = eps_lo.numpy(), eps_hi.numpy()
         rows["status"], rows["n_calls"], rows["n_attacks"] = status, n_calls.numpy(), n_attacks.numpy()
+        rows["lo_by"], rows["hi_by"] = lo_by, hi_by
+        rows["domains"], rows["bab_s"] = domains.numpy(), bab_s.numpy()
         run.commit(rows)
         if progress:
             progress(n)

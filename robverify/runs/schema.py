@@ -20,6 +20,7 @@ __all__ = [
     "CERTIFY_COLUMNS",
     "COMMON_COLUMNS",
     "SWEEP_COLUMNS",
+    "SWEEP_DECISION_COLUMNS",
     "VERDICTS",
     "SweepStatus",
     "load_results",
@@ -32,6 +33,10 @@ __all__ = [
 COMMON_COLUMNS: list[str] = ["run_id", "model", "backend", "method", "task", "sample_id", "label", "pred", "time_s"]
 CERTIFY_COLUMNS: list[str] = COMMON_COLUMNS + ["eps", "verdict", "margin_lb"]
 SWEEP_COLUMNS: list[str] = COMMON_COLUMNS + ["eps_lo", "eps_hi", "status", "n_calls"]
+#: Written by robverify's bracket search after :data:`SWEEP_COLUMNS` and ``n_attacks`` (absent from imported VERONA
+#: runs): how each end of the bracket was decided (``bound``, ``attack``, ``bab`` or ``none``; see
+#: :data:`robverify.runs.search.DECIDED_BY`) and the effort of branch and bound (domains bounded, seconds).
+SWEEP_DECISION_COLUMNS: list[str] = ["lo_by", "hi_by", "domains", "bab_s"]
 
 #: The verdict vocabulary (DESIGN.md); mirrors :class:`robverify.spec.Verdict`.
 VERDICTS: frozenset[str] = frozenset({"verified", "falsified", "unknown", "misclassified", "timeout", "error"})

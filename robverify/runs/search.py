@@ -27,20 +27,35 @@ from robverify.backends.base import Backend
 from robverify.errors import SoundnessError
 from robverify.runs.schema import SweepStatus
 from robverify.runs.sweep import SweepSettings
-from robverify.spec import robustness_spec
+from robverify.spec import Verdict, robustness_spec
+
+
+#: how an end of a bracket was decided (the ``lo_by`` / ``hi_by`` columns): by the bound, the attack, branch and
+#: bound (a deciding backend's search, its own attacks included), or not at all (``eps_lo`` NaN / ``eps_hi`` inf)
+DECIDED_BY = ("bound", "attack", "bab", "none")
+#: a deciding backend is not started on a sample with less budget left than this (seconds)
+MIN_PROBE_S = 0.5
 
 
 @dataclass(frozen=True)
 class SearchResult:
     """Per sample ``[B]``: ``eps_lo``, ``eps_hi``, ``n_calls`` (bound calls), ``n_attacks``, ``status``
     (``exact``: bracket width within tolerance; ``gap``: bounds and attack left a gap; ``robust``: verified at
-    the largest eps searched; ``unverified``: not verified even at eps = 0)."""
+    the largest eps searched; ``unverified``: not verified even at eps = 0); ``lo_by``, ``hi_by``: how each end
+    was decided (:data:`DECIDED_BY`); ``domains``, ``bab_s``: effort of a deciding backend; ``lo_pos``, ``hi_pos``:
+    the ends as search positions (eps, or grid indices with ``-1`` for eps 0; ``inf`` where none)."""
 
     eps_lo: Tensor
     eps_hi: Tensor
     n_calls: Tensor
     n_attacks: Tensor
     status: list[SweepStatus]
+    lo_by: list[str]
+    hi_by: list[str]
+    domains: Tensor
+    bab_s: Tensor
+    lo_pos: Tensor
+    hi_pos: Tensor
 
 
 class _Scale:
@@ -191,6 +206,17 @@ def critical_epsilon(backend: Backend, x: Tensor, label: Tensor, n_classes: int,
         w = torch.minimum(w, f)
         if on_round is not None:
             on_round(rounds)
+    return _result(scale, base_ok, top_ok, v, f, n_calls, n_attacks,
+                   ["bound" if bool(ok) else "none" for ok in base_ok],
+                   ["attack" if math.isfinite(float(fi)) else "none" for fi in f],
+                   torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.float64))
+
+
+def _result(scale: _Scale, base_ok: Tensor, top_ok: Tensor, v: Tensor, f: Tensor, n_calls: Tensor,
+            n_attacks: Tensor, lo_by: list[str], hi_by: list[str], domains: Tensor, bab_s: Tensor) -> SearchResult:
+    """The result of a search that ended at verified positions ``v`` and falsified positions ``f`` ``[B]``; a
+    SoundnessError if any sample is falsified at or below an eps it was verified at."""
+    B = v.shape[0]
     eps_lo = torch.where(base_ok, scale.eps(v) if scale.grid is None else torch.where(
         v >= 0, scale.eps(v), torch.zeros_like(v)), torch.full_like(v, math.nan))
     eps_hi = torch.where(torch.isfinite(f), scale.eps(torch.nan_to_num(f, posinf=0.0)),
@@ -209,4 +235,54 @@ def critical_epsilon(backend: Backend, x: Tensor, label: Tensor, n_classes: int,
             status.append(SweepStatus.EXACT)
         else:
             status.append(SweepStatus.GAP)
-    return SearchResult(eps_lo, eps_hi, n_calls, n_attacks, status)
+    return SearchResult(eps_lo, eps_hi, n_calls, n_attacks, status, lo_by, hi_by, domains, bab_s, v, f)
+
+
+def close_brackets(backend: Backend, x: Tensor, label: Tensor, n_classes: int, found: SearchResult, *,
+                   budget: float, tol: float = 1e-4, grid: Sequence[float] | None = None, eps_max: float = 1.0,
+                   domain: tuple[float, float] = (0.0, 1.0)) -> SearchResult:
+    """Narrow the brackets that ``found`` (:func:`critical_epsilon` with the bound alone) left as ``gap`` with a
+    deciding backend (:meth:`Backend.decide`, e.g. branch and bound), ``budget`` seconds per sample.
+
+    Each round asks the backend about every open sample at once, at the midpoint of ``(v, u)``: ``v`` the largest
+    eps verified, ``u`` the smallest eps falsified or left undecided, with half the sample's remaining budget (all
+    of it below ``2 * MIN_PROBE_S``). Verified moves ``v`` (``lo_by = bab``); a counterexample (confirmed by
+    onnxruntime) moves ``eps_hi`` to its own L-inf distance (grid: the probe) (``hi_by = bab``); an undecided
+    probe moves ``u``. A sample stops when its bracket is within ``tol`` (or adjacent grid points), ``u`` meets
+    ``v``, or its budget is spent. The settings must be those ``found`` was searched with."""
+    settings = SweepSettings(tol=tol, grid=None if grid is None else tuple(grid), eps_max=eps_max)
+    scale = _Scale(settings.tol, settings.grid, settings.eps_max)
+    B = x.shape[0]
+    v, f = found.lo_pos.clone(), found.hi_pos.clone()
+    lo_by, hi_by = list(found.lo_by), list(found.hi_by)
+    domains, bab_s = found.domains.clone(), found.bab_s.clone()
+    base_ok = torch.tensor([s is not SweepStatus.UNVERIFIED for s in found.status], dtype=torch.bool)
+    top_ok = torch.tensor([s is SweepStatus.ROBUST for s in found.status], dtype=torch.bool)
+    active = torch.tensor([s is SweepStatus.GAP for s in found.status], dtype=torch.bool)
+    u = torch.minimum(f, torch.full_like(f, scale.top))
+    left = torch.full((B,), float(budget), dtype=torch.float64)
+    while True:
+        active &= scale.open(v, u) & scale.open(v, f) & (left >= MIN_PROBE_S)
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        pos = scale.mid(v[idx], u[idx])
+        share = torch.where(left[idx] >= 2 * MIN_PROBE_S, left[idx] / 2, left[idx])
+        spec = robustness_spec(x[idx], label[idx], scale.eps(pos).to(x.dtype), n_classes, domain)
+        decision = backend.decide(spec, share)
+        domains[idx] += decision.domains
+        bab_s[idx] += decision.seconds
+        left[idx] -= torch.maximum(decision.seconds, share.new_full(share.shape, 1e-3))
+        dist = (decision.x_adv.double() - x[idx].detach().cpu().double()).flatten(1).abs().amax(dim=1)
+        for j, i in enumerate(idx.tolist()):
+            verdict = decision.verdict[j]
+            if verdict is Verdict.VERIFIED:
+                v[i] = pos[j]
+                lo_by[i] = "bab"
+            elif verdict is Verdict.FALSIFIED:
+                f[i] = scale.from_distance(pos[j:j + 1], dist[j:j + 1])[0]
+                u[i] = torch.minimum(u[i], f[i])
+                hi_by[i] = "bab"
+            else:
+                u[i] = pos[j]
+    return _result(scale, base_ok, top_ok, v, f, found.n_calls, found.n_attacks, lo_by, hi_by, domains, bab_s)
