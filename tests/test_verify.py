@@ -179,3 +179,21 @@ def test_per_disjunct_copies_split_the_unsafe_region():
         margins = copies.output_margin(yi.expand(3, 4))
         assert torch.allclose(margins, torch.stack(per_group))
         assert torch.isclose(margins.min(), spec.output_margin(yi.unsqueeze(0))[0])
+
+
+@pytest.mark.parametrize("timeout", [3.0, 8.0])
+def test_verify_answers_within_its_time_limit(vnncomp_dir, timeout):
+    """An instance branch and bound cannot decide in seconds (256x6, prop 12 at 0.03: unsat by one tool only):
+    the answer comes within ``timeout + 2`` s of the start (model loaded before), as ``timeout`` (never ``unknown``
+    with time left), and the CLI prints the time it took."""
+    import time
+
+    onnx, vnnlib = vnncomp_dir / "mnistfc" / "mnist-net_256x6.onnx", vnncomp_dir / "mnistfc" / "prop_12_0.03.vnnlib"
+    model = load_model(onnx)
+    start = time.perf_counter()
+    answer = answer_instance(model, vnnlib, timeout=timeout, start=start)
+    elapsed = time.perf_counter() - start
+    assert elapsed <= timeout + 2.0, (elapsed, answer.stage)
+    assert answer.result in (Result.TIMEOUT, Result.UNSAT), answer
+    if answer.result is Result.TIMEOUT:
+        assert answer.seconds >= timeout * 0.9, answer  # the whole limit was spent on the search

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from robverify.formats.vnnlib_read import VnnlibProperty, read_vnnlib
 from robverify.engine.attacks import pgd_attack
-from robverify.engine.bounds import compute_bounds
+from robverify.engine.bounds import BoundOptions, compute_bounds
 from robverify.engine.complete import CompleteOptions, complete_verify
 from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
@@ -162,7 +162,8 @@ def answer_instance(model: LoadedModel, vnnlib: str | Path, *, timeout: float = 
                 continue
             if clock.left() <= 0:
                 return done(Result.TIMEOUT, m.value, f"time limit reached before {m.value}")
-            margin = float(compute_bounds(model.graph, item.spec, m).margin_lb[0])
+            margin = float(compute_bounds(model.graph, item.spec, m, BoundOptions(deadline=clock.deadline)
+                                          ).margin_lb[0])
             item.proved = margin > 0
             item.seen.append(f"{m.value} {margin:.3g}")
         if all(i.proved for i in items):

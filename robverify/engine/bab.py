@@ -24,6 +24,7 @@ the bound of its two children). Several neurons per domain are split at once whi
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -172,6 +173,8 @@ class ReluBab:
         self.G = self.spec.C.shape[1]
         #: ``time.perf_counter()`` after which the root's intermediate optimisation starts no further layer
         self.intermediate_deadline: float | None = None
+        #: ``time.perf_counter()`` after which every optimisation stops at its best iterate so far (sound either way)
+        self.deadline: float | None = None
 
     # -- bounding ---------------------------------------------------------------------------------------------
     def root(self) -> Domains:
@@ -195,7 +198,7 @@ class ReluBab:
             prop.intervals(refine=refine)
         if refine and not dom.boxes and self.opts.root_intermediate_steps > 0:
             optimise_intermediate(prop, self.kept, self.opts.root_intermediate_steps,
-                                  deadline=self.intermediate_deadline)
+                                  deadline=self.intermediate_deadline, stop=self.deadline)
         boxes = {k: (prop.boxes[k][0].detach(), prop.boxes[k][1].detach()) for k in self.kept}
         empty = torch.zeros(N, dtype=torch.bool, device=spec.x_lo.device)
         for lo, hi in boxes.values():
@@ -266,6 +269,8 @@ class ReluBab:
         best_lb = torch.full((N,), -math.inf, dtype=d.dtype, device=d.device)
         view = lambda t: (-1,) + (1,) * (t.dim() - 1)  # noqa: E731
         for _ in range(steps):
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                break
             with torch.enable_grad():
                 rows = prop.backward_bound(self.graph.output, A, params, self._hook(beta, sign, None)) - d
                 lb = rows.detach().max(1).values

@@ -19,6 +19,7 @@ with their interval boxes. A final safety margin covers floating-point rounding.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,6 +50,8 @@ class BoundOptions:
     #: refine the neurons of [C, H, W] layers with coefficients kept on their receptive fields while that is
     #: cheaper (robverify.engine.patches); False: dense rows over whole layers
     patches: bool = True
+    #: ``time.perf_counter()`` after which alpha-CROWN stops optimising (keeping its best bound so far); None: no limit
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,8 @@ class _Propagator:
         params = list(alphas.values())
         optimiser = torch.optim.Adam(params, lr=self.opts.alpha_lr)
         for _ in range(self.opts.alpha_steps):
+            if self.opts.deadline is not None and time.perf_counter() > self.opts.deadline:
+                break
             with torch.enable_grad():
                 rows = self.spec_rows(spec, alphas)
                 best = torch.maximum(best, rows.detach())

@@ -142,6 +142,7 @@ def complete_verify(model: LoadedModel, spec: Spec, *, attack: Spec | None = Non
         bounder = ReluBab(graph, problems, opts.bab)
         began = time.perf_counter()
         bounder.intermediate_deadline = began + 0.25 * max(0.0, end - began)
+        bounder.deadline = end
         open_ = bounder.root()
     ledger.charge(owner, time.perf_counter() - began)
     rounds = 0

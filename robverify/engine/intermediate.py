@@ -18,11 +18,11 @@ from robverify.ops import Relu
 
 
 def optimise_intermediate(prop: _Propagator, names: list[str], steps: int = 20, lr: float = 0.1,
-                          max_rows: int = 2048, deadline: float | None = None) -> None:
+                          max_rows: int = 2048, deadline: float | None = None, stop: float | None = None) -> None:
     """Tighten ``prop.boxes[name]`` ``[B, *shape]`` in place for every ``name`` in ``names`` (topological order,
     boxes already filled by ``prop.intervals``). Layers with more than ``max_rows`` unstable neurons in a sample
     are left as they are (the cost grows with the rows); after ``deadline`` (``time.perf_counter()``) no further
-    layer is started."""
+    layer is started, after ``stop`` no further step is made (every iterate is sound: the best so far is kept)."""
     for name in names:
         if deadline is not None and time.perf_counter() > deadline:
             return
@@ -55,6 +55,8 @@ def optimise_intermediate(prop: _Propagator, names: list[str], steps: int = 20, 
         optimiser = torch.optim.Adam(list(alphas.values()), lr=lr)
         best = torch.full((B, 2 * K), -math.inf, dtype=lo.dtype, device=lo.device)
         for _ in range(steps):
+            if stop is not None and time.perf_counter() > stop:
+                break
             with torch.enable_grad():
                 bound = prop.backward_bound(name, A, alphas)
                 best = torch.maximum(best, bound.detach())
