@@ -2,7 +2,7 @@
 bound (``sweep-epsilon --method bab``) on the same models and samples.
 
     .venv/bin/python benchmarks/bench_brackets.py [--study demo-out] [-n 100] [--tol 1e-3] [--timeout 10]
-        [--models source,mnist5k_5-9/full-ft,mnist5k_5-9/adv-ft] [--threads 1] [--out bench-out/brackets]
+        [--models source,full-ft--mnist5k-5-9,adv-ft--mnist5k-5-9] [--threads 1] [--out bench-out/brackets]
 
 Reads the models of a finished study (``robverify demo`` writes ``demo-out``). Each sweep is a normal, resumable
 run directory under ``--out``: an interrupted benchmark continues where it stopped. Per model and method it prints
@@ -14,6 +14,7 @@ relative width ``(eps_hi - eps_lo) / eps_hi`` over them (1 where nothing was ver
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,8 +39,9 @@ def relative_width(table: pd.DataFrame) -> pd.Series:
 
 
 def _model_path(study: Path, name: str) -> Path:
-    found = sorted(study.glob(f"**/{name}/model.onnx")) if name != "source" else sorted(
-        study.glob("source*/model.onnx"))
+    """The model of the study whose folder name starts with ``name`` followed by ``-`` (its hash)."""
+    pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]+")
+    found = sorted(p for p in study.glob(f"**/{name}-*/model.onnx") if pattern.fullmatch(p.parent.name))
     if not found:
         raise SystemExit(f"no model {name!r} under {study} (run `robverify demo` first, or pass --models)")
     return found[0]
@@ -48,7 +50,7 @@ def _model_path(study: Path, name: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=REPO / "demo-out")
-    parser.add_argument("--models", default="source,mnist5k_5-9/full-ft,mnist5k_5-9/adv-ft")
+    parser.add_argument("--models", default="source,full-ft--mnist5k-5-9,adv-ft--mnist5k-5-9")
     parser.add_argument("-n", type=int, default=100)
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--eps-max", type=float, default=0.3)

@@ -2,11 +2,14 @@
 ground truth.
 
     .venv/bin/python benchmarks/bench_vnncomp.py [--timeout 60] [--method alpha-crown] [--only mnistfc]
+        [--threads N] [--log answers.csv] [--limit K]
 
 Runs every instance of ../shared/vnncomp2021 (``*_instances.csv``) in this process (each model loaded once;
 the time per instance counts from after loading). Every ``sat`` answer is read back from its result text and
 its counterexample re-checked in onnxruntime against the file's float64 property; an ``unsat`` where the
 ground truth's consensus is ``sat`` is reported as UNSOUND. Prints one line per instance and a summary.
+With ``--log``, every answer is appended to a CSV as it comes and instances already there are not run again (a long
+run can be stopped and continued; the summary counts the logged answers of the instances selected).
 """
 
 from __future__ import annotations
@@ -60,39 +63,76 @@ def _recheck(model, vnnlib: Path, text: str) -> bool:
     return False
 
 
+_LOG_FIELDS = ["benchmark", "onnx", "vnnlib", "result", "seconds", "stage", "flag", "timeout"]
+
+
+def _read_log(path: Path | None) -> dict[tuple[str, str, str], tuple[str, float, str, str]]:
+    if path is None or not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        return {(r["benchmark"], r["onnx"], r["vnnlib"]): (r["result"], float(r["seconds"]), r["stage"], r["flag"])
+                for r in csv.DictReader(handle)}
+
+
+def _append_log(path: Path | None, key: tuple[str, str, str], word: str, seconds: float, stage: str, flag: str,
+                timeout: float) -> None:
+    if path is None:
+        return
+    new = not path.is_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(_LOG_FIELDS)
+        writer.writerow([*key, word, f"{seconds:.3f}", stage, flag, f"{timeout:g}"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "vnncomp2021")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per instance (robverify's default)")
     parser.add_argument("--method", default="alpha-crown")
     parser.add_argument("--only", default=None, help="one benchmark folder, e.g. mnistfc")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--log", type=Path, default=None, help="CSV of answers, appended to and resumed from")
+    parser.add_argument("--limit", type=int, default=0, help="first K instances only (0: all)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
+    logged = _read_log(args.log)
     truth = _truth(args.root)
     models: dict[Path, object] = {}
     tally: Counter = Counter()
     unsound, unconfirmed = [], []
     total_s = 0.0
-    for bench, onnx, vnnlib, _ in _instances(args.root, args.only):
-        if onnx not in models:
-            models[onnx] = load_model(onnx)
-        model = models[onnx]
-        answer = answer_instance(model, vnnlib, timeout=args.timeout, method=args.method)
-        total_s += answer.seconds
-        gt = truth.get((bench, onnx.name, vnnlib.name), "-")
-        tally[answer.result.value] += 1
-        flag = ""
-        if answer.result is Result.UNSAT and gt == "sat":
-            unsound.append((onnx.name, vnnlib.name))
-            flag = "  UNSOUND"
-        if answer.result is Result.SAT and not _recheck(model, vnnlib, format_result(answer.result, answer.x,
-                                                                                      answer.y)):
-            unconfirmed.append((onnx.name, vnnlib.name))
-            flag = "  UNCONFIRMED"
-        if answer.result.value in ("sat", "unsat") and gt in ("sat", "unsat") and answer.result.value == gt:
+    instances = _instances(args.root, args.only)
+    for bench, onnx, vnnlib, _ in instances[:args.limit or None]:
+        key = (bench, onnx.name, vnnlib.name)
+        gt = truth.get(key, "-")
+        if key in logged:
+            word, seconds, stage, flag = logged[key]
+        else:
+            if onnx not in models:
+                models[onnx] = load_model(onnx)
+            model = models[onnx]
+            answer = answer_instance(model, vnnlib, timeout=args.timeout, method=args.method)
+            word, seconds, stage, flag = answer.result.value, answer.seconds, answer.stage, ""
+            if answer.result is Result.UNSAT and gt == "sat":
+                flag = "UNSOUND"
+            if answer.result is Result.SAT and not _recheck(model, vnnlib, format_result(answer.result, answer.x,
+                                                                                          answer.y)):
+                flag = "UNCONFIRMED"
+            _append_log(args.log, key, word, seconds, stage, flag, args.timeout)
+        total_s += seconds
+        tally[word] += 1
+        if flag == "UNSOUND":
+            unsound.append(key[1:])
+        if flag == "UNCONFIRMED":
+            unconfirmed.append(key[1:])
+        if word in ("sat", "unsat") and word == gt:
             tally["agree"] += 1
-        print(f"{bench:8s} {onnx.name:22s} {vnnlib.name:20s} {answer.result.value:8s} {answer.seconds:7.2f}s "
-              f"{answer.stage:12s} truth={gt}{flag}", flush=True)
+        print(f"{bench:8s} {onnx.name:22s} {vnnlib.name:20s} {word:8s} {seconds:7.2f}s "
+              f"{stage:12s} truth={gt}{'  ' + flag if flag else ''}{'  (logged)' if key in logged else ''}",
+              flush=True)
     n = sum(tally[w] for w in ("sat", "unsat", "unknown", "timeout", "error"))
     decided = tally["sat"] + tally["unsat"]
     print(f"\n{decided} of {n} instances decided at --timeout {args.timeout:g} s ({tally['sat']} sat, "

@@ -42,7 +42,8 @@ STEP_JSON = "step.json"
 DEMO_STUDY = """\
 # The embedded default study of `robverify demo`: a CROWN-IBP-trained cnn-small on mnist5k[0-4] transferred to four
 # targets of graded similarity with five strategies; every model swept on the same 40 test samples.
-# About 4 minutes on 2 CPU cores (measured: 224 s, 2.4 GB peak memory); a second run is all cached.
+# About 6-8 minutes on 2 CPU cores (measured on fresh checkouts: 376 s and 475 s, 2.4 GB peak memory); a second
+# run is all cached.
 
 [study]
 out = "demo-out"
