@@ -68,12 +68,26 @@ class Relu(Elementwise):
 
     def apply_relaxation(self, A: Tensor, a_l: Tensor, b_l: Tensor | None, a_u: Tensor, b_u: Tensor
                          ) -> tuple[Tensor, Tensor]:
-        # Same as Elementwise's with b_l = 0 (ignored), in fewer passes over the (large) coefficient tensor.
-        new_A = A * torch.where(A >= 0, a_l, a_u)
-        if b_u.shape[1] == 1 and b_u.dim() == A.dim():  # lines shared by the K rows: one matrix product
-            bias = A.clamp(max=0).flatten(2) @ b_u.flatten(2).transpose(1, 2)
-            return new_A, bias.squeeze(-1)
-        return new_A, (A.clamp(max=0) * b_u).flatten(2).sum(-1)
+        # Same as Elementwise's with b_l = 0 (ignored).
+        return self.apply_lines(A, a_u, a_l - a_u, b_u)
+
+    @staticmethod
+    def apply_lines(A: Tensor, a_u: Tensor, d: Tensor, b_u: Tensor) -> tuple[Tensor, Tensor]:
+        """``A`` ``[B, K, ...]`` through ReLU's lines given as the upper slope ``a_u``, the lower minus the upper
+        slope ``d`` (zero on stable neurons) and the upper intercept ``b_u`` (each broadcast to ``A``):
+        ``new_A = A a_u + max(A, 0) d`` (= ``A a_l`` where ``A >= 0``, ``A a_u`` elsewhere) and the bias ``[B, K]``
+        ``min(A, 0) . b_u``, in few passes over the (large) coefficient tensor."""
+        A_pos = A.clamp(min=0)
+        new_A = (A * a_u).addcmul_(A_pos, d)
+        A_neg = A - A_pos
+        B, K = A.shape[:2]
+        if b_u.dim() == A.dim() and b_u.shape[1] == 1:  # lines shared by the K rows: one matrix product
+            bias = A_neg.reshape(B, K, -1) @ b_u.reshape(b_u.shape[0], -1, 1)
+            return new_A, bias.reshape(B, K)
+        if b_u.shape == A.shape:  # one line per row (patches): a batched dot product
+            bias = A_neg.reshape(B * K, 1, -1) @ b_u.reshape(B * K, -1, 1)
+            return new_A, bias.reshape(B, K)
+        return new_A, (A_neg * b_u).flatten(2).sum(-1)
 
 
 class _SShaped(Elementwise):
