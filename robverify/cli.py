@@ -251,11 +251,14 @@ def compare(
     eps_ref: Annotated[Optional[float], typer.Option(
         "--eps-ref", help="Eps of the headline accuracies (default: the model cards' training eps).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    allow_mixed: Annotated[bool, typer.Option(
+        "--allow-mixed", help="Compare runs swept with different backends, methods, budgets, tolerances or grids.")
+    ] = False,
 ) -> None:
     """The strategies report: statistics, figures and conclusions over sweep run directories."""
     from robverify.analysis.report import compare_runs
 
-    report = compare_runs(runs, out, eps=eps, eps_ref=eps_ref, seed=seed)
+    report = compare_runs(runs, out, eps=eps, eps_ref=eps_ref, seed=seed, allow_mixed=allow_mixed)
     console.print(report.headline.to_string(index=False))
     console.print(f"report: {report.html.resolve()}")
 

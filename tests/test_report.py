@@ -52,7 +52,8 @@ def sweep_table(strategy: str, task: str, ids: list[int], seed: int) -> pd.DataF
     }, columns=SWEEP_COLUMNS)
 
 
-def make_run(root: Path, strategy: str, task: str, ids: list[int], seed: int, train_time: float = 10.0) -> Path:
+def make_run(root: Path, strategy: str, task: str, ids: list[int], seed: int, train_time: float = 10.0,
+             search: dict | None = None) -> Path:
     model_dir = root / "models" / f"{strategy}-{task_slug(task)}"
     model_dir.mkdir(parents=True)
     (model_dir / "model.onnx").write_bytes(b"not read by compare")
@@ -62,7 +63,7 @@ def make_run(root: Path, strategy: str, task: str, ids: list[int], seed: int, tr
               ).to_json(model_dir / "model.json")
     run_dir = root / "runs" / f"{strategy}-{task_slug(task)}"
     run = RunDir.open(run_dir, "sweep-epsilon", {"model": str(model_dir / "model.onnx"), "task": task},
-                      {"task": task, "strategy": strategy}, key=["sample_id"])
+                      {"task": task, "strategy": strategy, **(search or {})}, key=["sample_id"])
     run.commit(sweep_table(strategy, task, ids, seed))
     run.finalize()
     return run_dir
@@ -170,6 +171,7 @@ def test_report_md_is_recomputable_from_summary_csv(report) -> None:
 def test_every_decimal_in_report_md_is_a_summary_number(report) -> None:
     summary = read_summary(report.out / "summary.csv")
     known = {fmt(v) for column in ("value", "ci_low", "ci_high", "eps") for v in summary[column].tolist()}
+    known |= set(summary.loc[summary["section"] == "search", "versus"])  # how the runs were swept, as recorded
     text = (report.out / "report.md").read_text()
     text = re.sub(r"\]\(figures/[^)]*\)", "]", text)  # figure file names
     for task in TASKS:
@@ -270,3 +272,25 @@ def test_compare_refuses_unfinished_and_duplicate_runs(study, tmp_path: Path) ->
 
 def test_nan_and_inf_formatting() -> None:
     assert fmt(math.nan) == "n/a" and fmt(math.inf) == "inf" and fmt(0.012345) == "0.0123"
+
+
+def test_compare_refuses_runs_swept_differently_unless_allowed(tmp_path: Path) -> None:
+    """Runs whose method (or backend, budget, tolerance, grid) differ: exit 2 with one line naming the setting
+    and both runs; with --allow-mixed the report says so and lists each way of sweeping."""
+    a = make_run(tmp_path, "adv-ft", "mnist5k[5-9]", list(range(N)), seed=1,
+                 search={"backend": "native", "method": "crown", "tol": 1e-3})
+    b = make_run(tmp_path, "full-ft", "mnist5k[5-9]", list(range(N)), seed=2,
+                 search={"backend": "bab", "method": "crown", "tol": 1e-3, "timeout": 10.0})
+    refused = robverify_cli("compare", a, b, "--out", tmp_path / "report")
+    assert refused.returncode == 2, refused.stderr
+    line = refused.stderr.strip()
+    assert len(line.splitlines()) == 1 and "backend native" in line and "bab" in line and "--allow-mixed" in line
+    assert not (tmp_path / "report" / "report.md").exists()
+    allowed = robverify_cli("compare", a, b, "--out", tmp_path / "report", "--allow-mixed")
+    assert allowed.returncode == 0, allowed.stderr
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "swept in different ways" in text and "| bab " in text and "| native " in text
+    same = make_run(tmp_path / "same", "linear-probe", "mnist5k[5-9]", list(range(N)), seed=3,
+                    search={"backend": "native", "method": "crown", "tol": 1e-3})
+    assert robverify_cli("compare", a, same, "--out", tmp_path / "same-report").returncode == 0
+    assert "Every run was swept the same way" in (tmp_path / "same-report" / "report.md").read_text()

@@ -20,7 +20,7 @@ import pandas as pd
 from robverify.analysis.plots import plot_certified_accuracy, plot_ecdf
 from robverify.analysis.render import FIGURES, Block, render_html, render_markdown
 from robverify.analysis.distribution import certified_accuracy_curve
-from robverify.analysis.runs import load_study_runs, runs_frame, study_table
+from robverify.analysis.runs import SEARCH_SETTINGS, load_study_runs, runs_frame, study_table
 from robverify.analysis.strategy_plots import (
     plot_pareto,
     plot_radius_by_strategy,
@@ -278,6 +278,21 @@ def _similarity_table(summary: pd.DataFrame) -> pd.DataFrame:
     return wide.apply(lambda col: col.map(fmt)).reset_index().rename_axis(columns=None)
 
 
+def _search_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per way of sweeping found among the runs: the settings and the (strategy, task) entries."""
+    search = summary[summary["section"] == "search"]
+    if search.empty:
+        return pd.DataFrame()
+    wide = search.pivot_table(index=["strategy", "task"], columns="measure", values="versus", aggfunc="first")
+    settings = [c for c in SEARCH_SETTINGS if c in wide.columns]
+    rows = []
+    for combo, part in wide.reset_index().groupby(settings, sort=True, dropna=False):
+        entries = [f"{r.strategy} on {r.task}" for r in part.itertuples(index=False)]
+        rows.append({**dict(zip(settings, combo)), "runs": str(len(entries)) if len(entries) > 4 else
+                     "; ".join(entries)})
+    return pd.DataFrame(rows)
+
+
 def _lognormal_table(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for task in _tasks(summary):
@@ -360,6 +375,15 @@ def report_blocks(summary: pd.DataFrame) -> list[Block]:
             blocks.append(Block("table", table=correlation))
         blocks.append(Block("figure", _caption("radius_vs_similarity", summary), figure="radius_vs_similarity"))
     blocks += [Block("h2", "Log-normal fit of the certified radius"), Block("table", table=_lognormal_table(summary))]
+    search = _search_table(summary)
+    if not search.empty:
+        mixed = len(search) > 1
+        blocks += [Block("h2", "How the runs were swept"),
+                   Block("p", "The runs were swept in different ways (compare --allow-mixed): their radii differ by "
+                              "method as well as by model." if mixed else
+                         "Every run was swept the same way (backend, method, verifier, time budget, tolerance, "
+                         "grid, largest eps)."),
+                   Block("table", table=search)]
     if "training_cost" in names:
         blocks += [Block("h2", "Training cost"),
                    Block("figure", _caption("training_cost", summary), figure="training_cost")]
@@ -417,14 +441,15 @@ def draw_figures(table: pd.DataFrame, summary: pd.DataFrame, figures_dir: Path) 
 
 
 def compare_runs(run_dirs: Sequence[Path], out: Path, *, eps: Sequence[float] | None = None,
-                 eps_ref: float | None = None, seed: int = 0) -> Report:
+                 eps_ref: float | None = None, seed: int = 0, allow_mixed: bool = False) -> Report:
     """Read sweep run directories, compute the summary, draw the figures and write the report into ``out``.
 
     ``eps_ref``: the eps of the headline accuracies (default: the training eps of the model cards).
     ``eps``: accuracy grid (default: 0, eps_ref / 4, eps_ref / 2, eps_ref, 2 eps_ref).
-    Raises RobverifyError for runs that are not finished sweeps, or that cannot be compared.
+    Raises RobverifyError for runs that are not finished sweeps, or that cannot be compared (their search settings
+    differ, unless ``allow_mixed``).
     """
-    runs = load_study_runs([Path(p) for p in run_dirs])
+    runs = load_study_runs([Path(p) for p in run_dirs], allow_mixed=allow_mixed)
     table = study_table(runs)
     frame = runs_frame(runs)
     if eps_ref is not None and not (math.isfinite(eps_ref) and eps_ref >= 0):

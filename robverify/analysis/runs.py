@@ -17,10 +17,13 @@ from robverify.errors import RobverifyError
 from robverify.formats.model_card import ModelCard, card_path_for
 from robverify.runs.schema import RESULTS_PARQUET, RUN_JSON, validate_table
 
-__all__ = ["SOURCE_STRATEGY", "StudyRun", "load_study_runs", "runs_frame", "study_table"]
+__all__ = ["SEARCH_SETTINGS", "SOURCE_STRATEGY", "StudyRun", "load_study_runs", "runs_frame", "study_table"]
 
 #: the strategy label of a model trained on its own task (no transfer)
 SOURCE_STRATEGY = "source"
+#: how a sweep searched (run.json's fingerprint): runs compared side by side must agree on these, else their radii
+#: measure the method as much as the model (``compare --allow-mixed`` accepts them, and the report lists them)
+SEARCH_SETTINGS = ("backend", "method", "verifier", "timeout", "tol", "grid", "eps_max")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class StudyRun:
     card_eps: float | None = None
     training_method: str | None = None
     similarity: dict[str, float] = field(default_factory=dict)
+    search: dict[str, str] = field(default_factory=dict)
 
 
 def _read_run_json(path: Path) -> dict:
@@ -51,6 +55,20 @@ def _read_run_json(path: Path) -> dict:
     if meta.get("status") != "complete" or not (path / RESULTS_PARQUET).is_file():
         raise RobverifyError(f"{path} is not a finished run (status {meta.get('status')!r}); finish it first")
     return meta
+
+
+def _search_settings(meta: dict) -> dict[str, str]:
+    """:data:`SEARCH_SETTINGS` of a run as text (``-`` where the run does not say: a default or an import)."""
+    recorded = {**(meta.get("arguments") or {}), **(meta.get("fingerprint") or {})}
+    out = {}
+    for key in SEARCH_SETTINGS:
+        v = recorded.get(key)
+        if isinstance(v, (list, tuple)):
+            v = ",".join(f"{float(e):g}" for e in v)
+        elif isinstance(v, float):
+            v = f"{v:g}"
+        out[key] = "-" if v is None else str(v)
+    return out
 
 
 def _model_path(path: Path, meta: dict) -> Path:
@@ -83,6 +101,7 @@ def _load_one(path: Path) -> StudyRun:
         card_eps=card.eps if card else None,
         training_method=card.training.get("method") if card else None,
         similarity=dict(card.similarity) if card else {},
+        search=_search_settings(meta),
     )
 
 
@@ -90,16 +109,26 @@ def _shared_samples(a: StudyRun, b: StudyRun) -> int:
     return len(set(a.table["sample_id"].tolist()) & set(b.table["sample_id"].tolist()))
 
 
-def load_study_runs(run_dirs: list[Path]) -> list[StudyRun]:
-    """Read the run directories; one run per (strategy, task), and runs on one task must share samples.
+def load_study_runs(run_dirs: list[Path], *, allow_mixed: bool = False) -> list[StudyRun]:
+    """Read the run directories; one run per (strategy, task), runs on one task must share samples, and all runs
+    must have searched alike (:data:`SEARCH_SETTINGS`) unless ``allow_mixed``.
 
     Raises:
-        RobverifyError: a directory is not a finished sweep run, two runs have the same strategy and task, or two
-            runs on the same task share no sample.
+        RobverifyError: a directory is not a finished sweep run, two runs have the same strategy and task, two
+            runs on the same task share no sample, or the runs' search settings differ (without ``allow_mixed``).
     """
     if not run_dirs:
         raise RobverifyError("compare: expected at least one run directory")
     runs = [_load_one(Path(p)) for p in run_dirs]
+    if not allow_mixed:
+        for key in SEARCH_SETTINGS:
+            values = {run.search[key] for run in runs}
+            if len(values) > 1:
+                first = runs[0]
+                other = next(run for run in runs if run.search[key] != first.search[key])
+                raise RobverifyError(
+                    f"runs were made differently: {key} {first.search[key]} in {first.path} but {other.search[key]} "
+                    f"in {other.path}; compare runs swept alike, or pass --allow-mixed")
     seen: dict[tuple[str, str], StudyRun] = {}
     for run in runs:
         other = seen.get((run.strategy, run.task))
@@ -128,6 +157,7 @@ def runs_frame(runs: list[StudyRun]) -> pd.DataFrame:
         row = {"strategy": run.strategy, "task": run.task, "source_task": run.source_task, "run_dir": str(run.path),
                "run_id": run.run_id, "train_time_s": run.train_time_s, "card_eps": run.card_eps,
                "training_method": run.training_method}
+        row.update({f"search_{k}": v for k, v in run.search.items()})
         row.update({f"sim_{k}": float(v) for k, v in run.similarity.items()})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -20,6 +20,8 @@ and ``n`` (the samples or points behind it). Sections:
   ``spearman_p`` between the measure and ``eps_lo_q50`` over the strategy's tasks.
 - ``lognormal``: per (strategy, task): ``mu``, ``sigma``, ``shapiro_p``, ``ks_stat`` of the positive eps_lo.
 - ``settings``: ``eps_ref`` (the eps of the headline accuracies), ``confidence``, ``n_boot``, ``seed``.
+- ``search``: per (strategy, task), how its sweep searched: measure = a setting of
+  :data:`robverify.analysis.runs.SEARCH_SETTINGS`, ``versus`` = its value as text (``-``: not recorded).
 """
 
 from __future__ import annotations
@@ -179,6 +181,11 @@ def build_summary(table: pd.DataFrame, runs: pd.DataFrame, *, eps_ref: float, ep
         run = runs[(runs["strategy"] == strategy) & (runs["task"] == task)].iloc[0]
         rows += _entry_rows(strategy, task, part, run, grid, seed)
     rows += _pairwise_rows(table, seed)
+    for run in runs.itertuples(index=False):
+        for column in runs.columns:
+            if column.startswith("search_"):
+                rows.append(_row("search", run.strategy, run.task, column[len("search_"):], math.nan,
+                                 versus=str(getattr(run, column))))
     rows += [_row("settings", ALL_STRATEGIES, None, "eps_ref", eps_ref),
              _row("settings", ALL_STRATEGIES, None, "confidence", CONFIDENCE),
              _row("settings", ALL_STRATEGIES, None, "n_boot", N_BOOT),
