@@ -395,15 +395,15 @@ def test_compare_hands_runs_and_grid_to_compare_runs(monkeypatch, tmp_path):
     rec = Recorder(lambda runs, out, **kw: _Report(out))
     monkeypatch.setattr("robverify.analysis.report.compare_runs", rec)
     result = invoke("compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "rep", "--eps", "0", "--eps",
-                    "0.05", "--eps-ref", "0.1", "--seed", "3")
+                    "0.05", "--eps-ref", "0.1", "--seed", "3", "--allow-mixed")
     assert result.exit_code == 0, result.output
     args, kw = rec.only
     assert args == ([tmp_path / "a", tmp_path / "b"], tmp_path / "rep") and all(isinstance(p, Path) for p in args[0])
-    assert kw == dict(eps=[0.0, 0.05], eps_ref=0.1, seed=3)
+    assert kw == dict(eps=[0.0, 0.05], eps_ref=0.1, seed=3, allow_mixed=True)
     assert "full-ft" in result.stdout and "report.html" in result.stdout
     rec.calls.clear()
     assert invoke("compare", tmp_path / "a").exit_code == 0
-    assert rec.only == (([tmp_path / "a"], Path("report")), dict(eps=None, eps_ref=None, seed=0))
+    assert rec.only == (([tmp_path / "a"], Path("report")), dict(eps=None, eps_ref=None, seed=0, allow_mixed=False))
 
 
 class _StudyResult:
