@@ -73,9 +73,11 @@ def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
 
 
 def inputs_for(model: LoadedModel, x: Tensor) -> tuple[Tensor, dict | None]:
-    """Reshape task images ``[N, *image_shape]`` to the model's input shape when only the layout differs.
+    """Fit task images ``[N, C, H, W]`` (or ``[N, *image_shape]``) to the model's input shape when only the layout
+    differs: a channels-last input ``[H, W, C]`` (after any leading 1s) gets the images transposed; any other shape
+    with the same number of values (e.g. a flat ``[1, 784, 1]`` input) gets them reshaped in their own order.
 
-    Returns the reshaped tensor and a record of the reshape (None if none was needed); different element
+    Returns the fitted tensor and a record of what was done (None if nothing was needed); different element
     counts are an input error.
     """
     image_shape = tuple(x.shape[1:])
@@ -87,4 +89,10 @@ def inputs_for(model: LoadedModel, x: Tensor) -> tuple[Tensor, dict | None]:
             f"task images of shape {list(image_shape)} do not fit the model input {list(want)} "
             f"({int(np.prod(image_shape))} vs {int(np.prod(want))} values)"
         )
+    core = tuple(want)
+    while len(core) > 3 and core[0] == 1:
+        core = core[1:]
+    if len(image_shape) == 3 and len(core) == 3 and core == (image_shape[1], image_shape[2], image_shape[0]):
+        moved = x.permute(0, 2, 3, 1).reshape(x.shape[0], *want)  # channels last: a transpose, not a reshape
+        return moved, {"from": list(image_shape), "to": list(want), "layout": "NCHW->NHWC"}
     return x.reshape(x.shape[0], *want), {"from": list(image_shape), "to": list(want)}
