@@ -35,6 +35,11 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Specs bounde
 VerifierOpt = Annotated[Optional[str], typer.Option("--verifier", help="Verifier inside --backend verona.")]
 VerifierCmdOpt = Annotated[Optional[str], typer.Option(
     "--verifier-cmd", help="VNN-COMP run_instance.sh of --backend external.")]
+DataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help="Own test data instead of --task: FILE.npz (arrays x, y), FILE.npy (images; labels = the model's "
+                   "predictions) or an image folder FOLDER/<class>/<image>.")]
+InputRangeOpt = Annotated[Optional[str], typer.Option(
+    "--input-range", help="LO,HI: the value range of the model input (default 0,1); eps and clipping are in it.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", help="Seconds per query of complete verifiers (bab, marabou, external, verona).")]
 
@@ -46,14 +51,15 @@ def certify(
     task: TaskOpt = None, n: NOpt = 100, method: MethodOpt = "crown", backend: BackendOpt = "native",
     out: OutOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_root: DataRootOpt = None,
     batch_size: BatchOpt = 256, verifier: VerifierOpt = None, verifier_cmd: VerifierCmdOpt = None,
-    timeout: TimeoutOpt = None,
+    timeout: TimeoutOpt = None, data: DataOpt = None, input_range: InputRangeOpt = None,
 ) -> None:
     """Verdict per sample at each eps, with clean / PGD / certified accuracy."""
     from robverify.app.commands import backend_options, certify as run_certify
 
     prep, table = run_certify(model, eps=eps, task=task, n=n, method=method, backend=backend, out=out, seed=seed,
                               device=device, data_root=data_root, batch_size=batch_size,
-                              options=backend_options(verifier, verifier_cmd, timeout), console=err_console)
+                              options=backend_options(verifier, verifier_cmd, timeout), console=err_console,
+                              data=data, input_range=input_range)
     out = prep.out
     summary = table.groupby("eps").agg(
         clean_acc=("verdict", lambda v: float((v != "misclassified").mean())),
@@ -73,7 +79,7 @@ def sweep_epsilon(
     eps_max: Annotated[float, typer.Option("--eps-max", help="Largest eps searched.")] = 1.0,
     out: OutOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_root: DataRootOpt = None,
     batch_size: BatchOpt = 256, verifier: VerifierOpt = None, verifier_cmd: VerifierCmdOpt = None,
-    timeout: TimeoutOpt = None,
+    timeout: TimeoutOpt = None, data: DataOpt = None, input_range: InputRangeOpt = None,
 ) -> None:
     """The robustness distribution: per-sample brackets (eps_lo, eps_hi), ECDF and certified-accuracy plots."""
     from robverify.app.commands import backend_options, sweep_epsilon as run_sweep
@@ -82,7 +88,7 @@ def sweep_epsilon(
     prep, table = run_sweep(model, settings=SweepSettings.parse(tol, grid, eps_max), task=task, n=n, method=method,
                             backend=backend, out=out, seed=seed, device=device, data_root=data_root,
                             batch_size=batch_size, options=backend_options(verifier, verifier_cmd, timeout),
-                            console=err_console)
+                            console=err_console, data=data, input_range=input_range)
     out = prep.out
     correct = table[table["status"] != "misclassified"]
     console.print(f"{len(table)} samples, {len(correct)} correctly classified; "
@@ -173,23 +179,29 @@ def export_vnnlib(
     task: TaskOpt = None, n: NOpt = 10,
     targeted: Annotated[bool, typer.Option("--targeted", help="One one2one property per other class.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per instance, written to instances.csv.")] = 60.0,
-    seed: SeedOpt = 0, data_root: DataRootOpt = None,
+    seed: SeedOpt = 0, data_root: DataRootOpt = None, data: DataOpt = None, input_range: InputRangeOpt = None,
 ) -> None:
     """Write a VNN-COMP benchmark (onnx/, vnnlib/, instances.csv) of the first N correctly classified samples."""
     from properties.benchmark import export_benchmark
     from robverify.app.commands import check_eps, load_samples, task_for
     from robverify.ir.model import load_model
-    from trainers.tasks import load_task
 
     check_eps(eps)
     loaded = load_model(model)
-    task = task_for(model, task)
-    total = len(load_task(task, data_root=data_root, seed=seed).y_test)
+    if data is not None:
+        from trainers.user_data import load_user_data
+
+        task, total = None, int(load_user_data(data).x.shape[0])
+    else:
+        from trainers.tasks import load_task
+
+        task = task_for(model, task)
+        total = len(load_task(task, data_root=data_root, seed=seed).y_test)
     pool = min(total, max(4 * n, n + 50))  # candidates: enough to find n correctly classified ones
-    samples, _, _ = load_samples(loaded, task, pool, seed, data_root)
+    samples, _, _ = load_samples(loaded, task, pool, seed, data_root, data=data, input_range=input_range)
     instances = export_benchmark(loaded, samples.x, samples.label, samples.sample_id, eps, out, n=n,
                                  n_classes=samples.n_classes, targeted=targeted, timeout=timeout,
-                                 task=samples.task, seed=seed)
+                                 domain=samples.domain, task=samples.task, seed=seed)
     n_samples = len({r.sample_id for r in instances})
     if n_samples < n:
         err_console.print(f"warning: only {n_samples} of the {pool} samples looked at are correctly classified "

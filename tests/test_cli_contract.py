@@ -99,7 +99,8 @@ def sweep_rec(monkeypatch) -> Recorder:
 def test_certify_hands_every_option_to_the_library(certify_rec, tmp_path):
     result = invoke("certify", "m.onnx", "--eps", "0.01", "--eps", "0.03", "--task", "digits[0-4]", "-n", "7",
                     "--method", "crown-ibp", "--backend", "marabou", "--out", tmp_path / "run", "--seed", "3",
-                    "--device", "cpu", "--data-root", tmp_path / "data", "--batch-size", "16", "--timeout", "2.5")
+                    "--device", "cpu", "--data-root", tmp_path / "data", "--batch-size", "16", "--timeout", "2.5",
+                    "--data", tmp_path / "x.npz", "--input-range", "0,255")
     assert result.exit_code == 0, result.output
     args, kw = certify_rec.only
     assert args == (Path("m.onnx"),) and isinstance(args[0], Path)
@@ -107,7 +108,8 @@ def test_certify_hands_every_option_to_the_library(certify_rec, tmp_path):
     assert kw["options"] == BackendOptions(verifier=None, verifier_cmd=None, timeout=2.5)
     assert isinstance(kw.pop("options"), BackendOptions) and kw.pop("console") is cli.err_console
     assert kw == dict(eps=[0.01, 0.03], task="digits[0-4]", n=7, method="crown-ibp", backend="marabou",
-                      out=tmp_path / "run", seed=3, device="cpu", data_root=tmp_path / "data", batch_size=16)
+                      out=tmp_path / "run", seed=3, device="cpu", data_root=tmp_path / "data", batch_size=16,
+                      data=tmp_path / "x.npz", input_range="0,255")
     assert type(kw["n"]) is int and type(kw["batch_size"]) is int and isinstance(kw["data_root"], Path)
     # the summary printed is the table's: clean, PGD and certified accuracy per eps
     lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.startswith("0.0")}
@@ -354,7 +356,7 @@ def test_export_vnnlib_hands_samples_and_settings_to_export_benchmark(monkeypatc
     assert tuple(x.shape) == (pool, 1, 8, 8) and label.shape == (pool,) and sample_id.shape == (pool,)
     assert sample_id.unique().numel() == pool
     assert eps == [0.01, 0.02] and out == tmp_path / "bench"
-    assert kw == dict(n=3, n_classes=5, targeted=True, timeout=30.0, task="digits[0-4]", seed=1)
+    assert kw == dict(n=3, n_classes=5, targeted=True, timeout=30.0, domain=(0.0, 1.0), task="digits[0-4]", seed=1)
     assert "warning: only 2 of the 53 samples" in result.stderr
     assert f"2 instances of 2 samples: {tmp_path / 'bench' / 'instances.csv'}" in result.stdout
 

@@ -51,21 +51,42 @@ def task_for(model: Path, task: str | None) -> str:
     return ModelCard.from_json(card).task
 
 
-def load_samples(model: Any, task: str, n: int, seed: int, data_root: Path | None) -> tuple[Any, dict | None, str]:
-    """The task's seeded test samples fitted to the model input: ``(Samples, reshape record, sha256 of x)``."""
+def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Path | None, *,
+                 data: Path | None = None, input_range: str | None = None) -> tuple[Any, dict | None, str]:
+    """The seeded test samples of ``task`` (or of the user's ``data`` file or folder: :mod:`trainers.user_data`),
+    fitted to the model input: ``(Samples, reshape record, sha256 of x)``. Unlabelled data is labelled by the
+    model's own predictions; ``input_range`` (``LO,HI``) is the range boxes are clipped to."""
     import torch
 
     from robverify.ir.model import inputs_for
     from robverify.runs.jobs import Samples
-    from trainers.tasks import load_task, sample_test
+    from trainers.user_data import load_user_data, parse_range, sample_data
 
-    data = load_task(task, data_root=data_root, seed=seed)
-    x, y, sample_id = sample_test(data, n, seed=seed)
+    domain = parse_range(input_range)
+    if data is not None:
+        user = load_user_data(data)
+        x, y, sample_id = sample_data(user, n, seed=seed)
+        name, n_classes = user.name, max(len(user.classes), int(y.max()) + 1 if y is not None else 0)
+    else:
+        from trainers.tasks import load_task, sample_test
+
+        if task is None:
+            raise RobverifyError("--task or --data is needed")
+        loaded = load_task(task, data_root=data_root, seed=seed)
+        x, y, sample_id = sample_test(loaded, n, seed=seed)
+        name, n_classes = str(loaded.task), loaded.n_classes
     x, reshape = inputs_for(model, x)
-    if model.graph.n_outputs < data.n_classes:
-        raise RobverifyError(f"model has {model.graph.n_outputs} outputs, task {task} has {data.n_classes} classes")
+    if model.graph.n_outputs < n_classes:
+        raise RobverifyError(f"model has {model.graph.n_outputs} outputs, {name} has {n_classes} classes")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < domain[0] - 1e-6 or hi > domain[1] + 1e-6:
+        raise RobverifyError(f"{name}: values in [{lo:g}, {hi:g}] lie outside the input range {domain[0]:g},"
+                             f"{domain[1]:g}; state the data's range with --input-range LO,HI")
+    x = x.to(torch.float32)
+    if y is None:
+        y = model.predict(x)
     digest = hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
-    return Samples(x.to(torch.float32), y, sample_id, str(data.task), model.graph.n_outputs), reshape, digest
+    return Samples(x, y, sample_id, name, model.graph.n_outputs, domain), reshape, digest
 
 
 def check_eps(values: Sequence[float]) -> None:
@@ -100,7 +121,7 @@ def method_and_backend(method: str, backend: str) -> tuple[str, str]:
 
 def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: int, seed: int,
             data_root: Path | None, device: str, method: str, backend: str, out: Path | None, batch_size: int,
-            options: Any, settings: dict) -> Prepared:
+            options: Any, settings: dict, data: Path | None = None, input_range: str | None = None) -> Prepared:
     """Load model and samples, build the backend, then open (or resume) the run directory of ``command``.
 
     ``settings`` are the command's own settings; with the common ones they make the run's fingerprint. run.json
@@ -112,12 +133,14 @@ def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: i
     from robverify.runs.rundir import RunDir
 
     loaded = load_model(model, device)
-    task = task_for(model, task)
-    samples, reshape, digest = load_samples(loaded, task, n, seed, data_root)
+    task = None if data is not None else task_for(model, task)
+    samples, reshape, digest = load_samples(loaded, task, n, seed, data_root, data=data, input_range=input_range)
     engine = get_backend(backend)(loaded, method, batch_size=batch_size, attack=AttackConfig(seed=seed),
                                   options=options)
     out = out or Path("runs") / f"{command.split('-')[0]}-{loaded.name}-{method}"
     common = dict(task=samples.task, n=n, seed=seed, method=method, backend=backend)
+    if data is not None or input_range is not None:
+        common.update(data=None if data is None else str(data), input_range=list(samples.domain))
     settings = {**settings, **options.fingerprint()}
     arguments = dict(model=str(model), device=device, **common, **settings)
     run = RunDir.open(out, command, arguments, dict(model_sha256=loaded.sha256, **common, **settings), key)
@@ -152,13 +175,13 @@ def _with_bar(prep: Prepared, console: Any, verb: str, job: Callable[[Progress],
 
 def prepare_certify(model: Path, *, eps: Sequence[float], task: str | None, n: int, method: str, backend: str,
                     out: Path | None, seed: int, device: str, data_root: Path | None, batch_size: int,
-                    options: Any) -> Prepared:
+                    options: Any, data: Path | None = None, input_range: str | None = None) -> Prepared:
     """Check the certify settings and :func:`prepare` it."""
     check_eps(eps)
     method, backend = method_and_backend(method, backend)
     return prepare("certify", ["sample_id", "eps"], model, task=task, n=n, seed=seed, data_root=data_root,
                    device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
-                   settings=dict(eps=sorted(eps)))
+                   settings=dict(eps=sorted(eps)), data=data, input_range=input_range)
 
 
 def run_certify_job(prep: Prepared, eps: Sequence[float], progress: Progress | None = None) -> pd.DataFrame:
@@ -179,7 +202,7 @@ def certify(model: Path, *, eps: Sequence[float], console: Any = None, **kwargs:
 
 def prepare_sweep(model: Path, *, task: str | None, n: int, method: str, backend: str, settings: Any,
                   out: Path | None, seed: int, device: str, data_root: Path | None, batch_size: int,
-                  options: Any) -> Prepared:
+                  options: Any, data: Path | None = None, input_range: str | None = None) -> Prepared:
     """Pick the epsilon search of ``backend``, let it check ``settings`` (a :class:`SweepSettings`), and
     :func:`prepare` the sweep (same fingerprint from the CLI and from a study)."""
     from robverify.runs.sweep import search_for
@@ -189,7 +212,7 @@ def prepare_sweep(model: Path, *, task: str | None, n: int, method: str, backend
     search.check(settings)
     prep = prepare("sweep-epsilon", ["sample_id"], model, task=task, n=n, seed=seed, data_root=data_root,
                    device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
-                   settings=settings.fingerprint())
+                   settings=settings.fingerprint(), data=data, input_range=input_range)
     prep.search = search
     return prep
 

@@ -173,7 +173,8 @@ class ReluBab:
         self.G = self.spec.C.shape[1]
         #: ``time.perf_counter()`` after which the root's intermediate optimisation starts no further layer
         self.intermediate_deadline: float | None = None
-        #: ``time.perf_counter()`` after which every optimisation stops at its best iterate so far (sound either way)
+        #: ``time.perf_counter()`` after which every optimisation stops at its best iterate so far (sound either way);
+        #: the root's intermediate optimisation stops at ``intermediate_deadline`` (a share of the time)
         self.deadline: float | None = None
 
     # -- bounding ---------------------------------------------------------------------------------------------
@@ -197,8 +198,9 @@ class ReluBab:
         with torch.no_grad():
             prop.intervals(refine=refine)
         if refine and not dom.boxes and self.opts.root_intermediate_steps > 0:
+            stops = [t for t in (self.intermediate_deadline, self.deadline) if t is not None]
             optimise_intermediate(prop, self.kept, self.opts.root_intermediate_steps,
-                                  deadline=self.intermediate_deadline, stop=self.deadline)
+                                  deadline=self.intermediate_deadline, stop=min(stops) if stops else None)
         boxes = {k: (prop.boxes[k][0].detach(), prop.boxes[k][1].detach()) for k in self.kept}
         empty = torch.zeros(N, dtype=torch.bool, device=spec.x_lo.device)
         for lo, hi in boxes.values():

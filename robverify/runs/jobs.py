@@ -23,13 +23,15 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Samples:
-    """The evaluated samples: ``x`` ``[N, *model_input_shape]``, ``label``, ``sample_id`` ``[N]`` (long)."""
+    """The evaluated samples: ``x`` ``[N, *model_input_shape]``, ``label``, ``sample_id`` ``[N]`` (long);
+    ``domain``: the input range boxes are clipped to (eps is in its scale)."""
 
     x: Tensor
     label: Tensor
     sample_id: Tensor
     task: str
     n_classes: int
+    domain: tuple[float, float] = (0.0, 1.0)
 
 
 def _common(run: RunDir, backend: Backend, samples: Samples, idx: Tensor, pred: Tensor, seconds: float) -> dict:
@@ -68,7 +70,7 @@ def run_certify(run: RunDir, backend: Backend, samples: Samples, eps: Sequence[f
             margin = torch.full((idx.numel(),), float("nan"), dtype=torch.float64)
             ok = correct.nonzero().squeeze(1)
             if ok.numel():
-                spec = robustness_spec(x[ok], label[ok], float(e), samples.n_classes)
+                spec = robustness_spec(x[ok], label[ok], float(e), samples.n_classes, samples.domain)
                 result = backend.verify(spec)
                 margin[ok] = result.margin_lb
                 open_ = (~result.verified).nonzero().squeeze(1)
@@ -117,7 +119,7 @@ def run_sweep(run: RunDir, backend: Backend, samples: Samples, settings: SweepSe
         lo_by, hi_by = ["none"] * n, ["none"] * n
         ok = correct.nonzero().squeeze(1)
         if ok.numel():
-            search = dict(tol=settings.tol, grid=settings.grid, eps_max=settings.eps_max)
+            search = dict(tol=settings.tol, grid=settings.grid, eps_max=settings.eps_max, domain=samples.domain)
             if deciding:
                 with backend.bounds_only():
                     res = critical_epsilon(backend, x[ok], label[ok], samples.n_classes, **search)

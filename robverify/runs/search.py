@@ -34,7 +34,7 @@ from robverify.spec import Verdict, robustness_spec
 #: bound (a deciding backend's search, its own attacks included), or not at all (``eps_lo`` NaN / ``eps_hi`` inf)
 DECIDED_BY = ("bound", "attack", "bab", "none")
 #: a deciding backend is not started on a sample with less budget left than this (seconds)
-MIN_PROBE_S = 0.5
+MIN_PROBE_S = 1.0
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ class VeronaGridSearch:
         from robverify.runs.verona_search import run_verona_sweep
 
         self.check(settings)
-        return run_verona_sweep(run, backend, samples, settings.grid or (), progress=progress)
+        return run_verona_sweep(run, backend, samples, settings.grid or (), domain=samples.domain, progress=progress)
 
 
 #: backends whose name means "this search, with the verifier the backend holds"; all others: BracketSearch
