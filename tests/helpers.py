@@ -265,8 +265,18 @@ def single_thread():
     torch.set_num_threads(previous)
 
 
-def digits_mlp(path: Path) -> Path:
-    """A small MLP trained (seeded, a few seconds) on digits[0-4] and exported to ``path`` with its model card."""
+class _Scaled(nn.Module):
+    def __init__(self, net: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x * self.scale)
+
+
+def digits_mlp(path: Path, input_scale: float = 1.0) -> Path:
+    """A small MLP trained (seeded, a few seconds) on digits[0-4] and exported to ``path`` with its model card;
+    with ``input_scale`` the exported network reads inputs ``x / input_scale`` (e.g. 255: pixel values 0..255)."""
     from robverify.formats.model_card import ModelCard
     from trainers.tasks import load_task
     from trainers.training import train_standard
@@ -280,5 +290,6 @@ def digits_mlp(path: Path) -> Path:
                      training={"method": "standard"}, seed=0, clean_acc=None, pgd_acc=None, certified_acc=None,
                      train_time_s=None, parent_hash=None, similarity={}, trainable={}, onnx_sha256=None,
                      opset=None, parity_max_abs_diff=None, robverify_version="test")
-    export_onnx(model, path, data.input_shape, card=card)
+    export_onnx(model if input_scale == 1.0 else _Scaled(model, 1.0 / input_scale).eval(), path, data.input_shape,
+                card=card)
     return Path(path)

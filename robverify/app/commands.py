@@ -132,6 +132,8 @@ def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: i
     from robverify.ir.model import load_model
     from robverify.runs.rundir import RunDir
 
+    if data is not None and task is not None:
+        raise RobverifyError("--task and --data exclude each other: the samples come from one of them")
     loaded = load_model(model, device)
     task = None if data is not None else task_for(model, task)
     samples, reshape, digest = load_samples(loaded, task, n, seed, data_root, data=data, input_range=input_range)
