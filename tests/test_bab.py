@@ -324,3 +324,15 @@ def test_verify_finds_the_counterexamples_plain_pgd_misses(vnncomp_dir, onnx, vn
     shape = model.graph.input_shape
     x = answer.x.reshape(1, *shape)
     assert bool(model.confirm(prop.to_spec(shape, torch.float64), x, torch.ones(1, dtype=torch.bool))[0])
+
+
+def test_complete_verify_refuses_specs_that_do_not_fit_the_model(tmp_path):
+    from robverify.errors import RobverifyError
+
+    model = _model(tmp_path, "mlp", 0)
+    x = torch.rand((2, 4), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RobverifyError, match="spec rows act on 5 outputs, but the model has 3"):
+        complete_verify(model, robustness_spec(x, torch.zeros(2, dtype=torch.long), 0.1, 5), timeout=1.0)
+    with pytest.raises(RobverifyError, match="does not fit|input"):
+        complete_verify(model, robustness_spec(torch.rand(2, 5), torch.zeros(2, dtype=torch.long), 0.1, 3),
+                        timeout=1.0)

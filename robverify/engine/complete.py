@@ -22,6 +22,7 @@ from torch import Tensor
 from robverify.engine.bab import BabOptions, Domains, ReluBab, bab_round, split_disjuncts
 from robverify.engine.falsify import diverse_pgd
 from robverify.engine.input_split import Boxes, bound_boxes, input_split_round
+from robverify.ir.layout import fit_spec
 from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
 
@@ -91,9 +92,10 @@ def complete_verify(model: LoadedModel, spec: Spec, *, attack: Spec | None = Non
         exact: the specs counterexamples are confirmed against by onnxruntime (default ``spec``).
     """
     opts = options or CompleteOptions()
-    attack = attack or spec
-    exact = exact or spec
     graph = model.graph
+    spec = fit_spec(graph, spec)  # boxes [B, *input_shape] (natural batches accepted), rows on the model's outputs
+    attack = spec if attack is None else fit_spec(graph, attack)
+    exact = spec if exact is None else fit_spec(graph, exact)
     B = spec.batch_size
     limit = torch.as_tensor(timeout, dtype=torch.float64).cpu().expand(B).clone()
     ledger = _Ledger(B, (attack.x_lo + attack.x_hi) / 2)
