@@ -30,6 +30,7 @@ from robverify.ir.graph import Graph, Node
 from robverify.ir.layout import empty_bounds, fit_box, fit_spec
 from robverify.ops import Relu
 from robverify.ops.base import Box, LinearOp
+from robverify.engine.allocator import reused_memory
 from robverify.engine.patches import Patches, add_coefficients, patch_backward, worth_keeping
 from robverify.spec import Method, Spec
 
@@ -71,7 +72,7 @@ def compute_bounds(graph: Graph, spec: Spec, method: Method | str = Method.CROWN
     method = Method.parse(method)
     opts = options or BoundOptions()
     spec = spec.to(graph.device, graph.dtype)
-    with torch.set_grad_enabled(opts.grad):
+    with torch.set_grad_enabled(opts.grad), reused_memory():
         prop = _Propagator(graph, spec.x_lo, spec.x_hi, opts)
         rows = prop.rows(spec, method)
     safety = opts.safety if opts.safety is not None else (1e-10 if rows.dtype == torch.float64 else 1e-5)
