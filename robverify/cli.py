@@ -187,13 +187,11 @@ def export_vnnlib(
     from robverify.ir.model import load_model
 
     check_eps(eps)
-    if data is not None and task is not None:
-        raise RobverifyError("--task and --data exclude each other: the samples come from one of them")
     loaded = load_model(model)
     if data is not None:
         from trainers.user_data import load_user_data
 
-        task, total = None, int(load_user_data(data).x.shape[0])
+        total = int(load_user_data(data).x.shape[0])
     else:
         from trainers.tasks import load_task
 

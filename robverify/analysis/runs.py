@@ -121,11 +121,10 @@ def load_study_runs(run_dirs: list[Path], *, allow_mixed: bool = False) -> list[
         raise RobverifyError("compare: expected at least one run directory")
     runs = [_load_one(Path(p)) for p in run_dirs]
     if not allow_mixed:
+        first = runs[0]
         for key in SEARCH_SETTINGS:
-            values = {run.search[key] for run in runs}
-            if len(values) > 1:
-                first = runs[0]
-                other = next(run for run in runs if run.search[key] != first.search[key])
+            other = next((run for run in runs if run.search[key] != first.search[key]), None)
+            if other is not None:
                 raise RobverifyError(
                     f"runs were made differently: {key} {first.search[key]} in {first.path} but {other.search[key]} "
                     f"in {other.path}; compare runs swept alike, or pass --allow-mixed")

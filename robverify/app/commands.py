@@ -62,6 +62,8 @@ def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Pat
     from robverify.runs.jobs import Samples
     from trainers.user_data import load_user_data, parse_range, sample_data
 
+    if data is not None and task is not None:
+        raise RobverifyError("--task and --data exclude each other: the samples come from one of them")
     domain = parse_range(input_range)
     if data is not None:
         user = load_user_data(data)
@@ -132,10 +134,8 @@ def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: i
     from robverify.ir.model import load_model
     from robverify.runs.rundir import RunDir
 
-    if data is not None and task is not None:
-        raise RobverifyError("--task and --data exclude each other: the samples come from one of them")
     loaded = load_model(model, device)
-    task = None if data is not None else task_for(model, task)
+    task = task if data is not None else task_for(model, task)
     samples, reshape, digest = load_samples(loaded, task, n, seed, data_root, data=data, input_range=input_range)
     engine = get_backend(backend)(loaded, method, batch_size=batch_size, attack=AttackConfig(seed=seed),
                                   options=options)

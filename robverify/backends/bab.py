@@ -19,7 +19,6 @@ from torch import Tensor
 from robverify.backends.base import AttackConfig, Backend, BackendOptions, Decision
 from robverify.engine.bounds import compute_bounds
 from robverify.engine.complete import CompleteOptions, complete_verify
-from robverify.ir.layout import fit_spec
 from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
 
@@ -71,7 +70,6 @@ class BabBackend(Backend):
     def decide(self, spec: Spec, budget: Tensor) -> Decision:
         """Branch and bound (with its attacks) on each spec within ``budget`` ``[B]`` seconds; counterexamples
         are confirmed by onnxruntime inside the search and come back in the model's input layout."""
-        spec = fit_spec(self.model.graph, spec)
         if spec.batch_size == 0:
             return Decision([], spec.x_lo.detach().cpu(), torch.zeros(0, dtype=torch.long),
                             torch.zeros(0, dtype=torch.float64))

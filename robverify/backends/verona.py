@@ -101,8 +101,7 @@ class VeronaBackend(Backend):
         super().__init__(model, method, batch_size=batch_size, attack=attack, options=options)
         self.verona = import_verona()
         self.engine, inner_method = parse_verifier(self.options.verifier)
-        self.verifier = ("native-bab" if self.engine == "bab" else self.engine) if inner_method is None else \
-            f"{self.engine}-{inner_method.value}"
+        self.verifier = str(self.options.verifier).strip().lower()  # as parse_verifier read it
         if inner_method is not None:
             self.method = inner_method
         self.inner = _inner_backend(self.engine, inner_method, model, batch_size, attack, self.options)
