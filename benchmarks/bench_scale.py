@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue as queue_module
 import resource
 import sys
 import tempfile
@@ -116,13 +117,21 @@ def _child(engine: str, method: str, path: str, spec, device: str, chunk: int, a
     queue.put((rows.detach().cpu().numpy(), seconds, _peak_rss_gb(), cuda_gb))
 
 
-def measure(engine: str, method: str, path: Path, spec, args) -> tuple[torch.Tensor, float, float, float]:
+def measure(engine: str, method: str, path: Path, spec, args) -> tuple[torch.Tensor, float, float, float] | None:
+    """One measurement in a fresh process; None (its error already printed) when the child died."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     child = ctx.Process(target=_child, args=(engine, method, str(path), spec, args.device, args.lirpa_chunk,
                                              args.alpha_steps, args.threads, queue))
     child.start()
-    rows, seconds, rss, cuda = queue.get()
+    while True:
+        try:
+            rows, seconds, rss, cuda = queue.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if not child.is_alive() and queue.empty():
+                print(f"{engine} {method}: the measuring process ended with exit code {child.exitcode}", flush=True)
+                return None
     child.join()
     return torch.from_numpy(rows), seconds, rss, cuda
 
@@ -154,13 +163,19 @@ def main() -> None:
             path, x, y = build_network(name, Path(tmp), n)
             spec = robustness_spec(x, y, args.eps, 10)
             for method in args.methods.split(","):
-                native, t, rss, cuda = measure("native", method, path, spec, args)
+                measured = measure("native", method, path, spec, args)
+                if measured is None:
+                    continue
+                native, t, rss, cuda = measured
                 verified = int((spec.property_margin(native) > 0).sum())
                 print(f"{name:<12} {n:>4} {method:<12} {'native':<7} {t:8.2f} {rss:11.2f} {cuda:8.2f} "
                       f"{verified:>8}", flush=True)
                 if args.no_lirpa or (name, method) in skip:
                     continue
-                lirpa, t, rss, cuda = measure("lirpa", method, path, spec, args)
+                measured = measure("lirpa", method, path, spec, args)
+                if measured is None:
+                    continue
+                lirpa, t, rss, cuda = measured
                 verified = int((spec.property_margin(lirpa) > 0).sum())
                 diff = float((lirpa - native).abs().max())
                 tighter = float((lirpa - native).max())

@@ -2,7 +2,7 @@
 ground truth.
 
     .venv/bin/python benchmarks/bench_vnncomp.py [--timeout 60] [--method alpha-crown] [--only mnistfc]
-        [--threads N] [--log answers.csv] [--limit K]
+        [--threads N] [--log answers.csv] [--limit K] [--device cuda]
 
 Runs every instance of ../shared/vnncomp2021 (``*_instances.csv``) in this process (each model loaded once;
 the time per instance counts from after loading). Every ``sat`` answer is read back from its result text and
@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--log", type=Path, default=None, help="CSV of answers, appended to and resumed from")
     parser.add_argument("--limit", type=int, default=0, help="first K instances only (0: all)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (the engine's device)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
     logged = _read_log(args.log)
@@ -112,7 +113,7 @@ def main() -> None:
             word, seconds, stage, flag = logged[key]
         else:
             if onnx not in models:
-                models[onnx] = load_model(onnx)
+                models[onnx] = load_model(onnx, args.device)
             model = models[onnx]
             answer = answer_instance(model, vnnlib, timeout=args.timeout, method=args.method)
             word, seconds, stage, flag = answer.result.value, answer.seconds, answer.stage, ""
@@ -135,7 +136,7 @@ def main() -> None:
               flush=True)
     n = sum(tally[w] for w in ("sat", "unsat", "unknown", "timeout", "error"))
     decided = tally["sat"] + tally["unsat"]
-    print(f"\n{decided} of {n} instances decided at --timeout {args.timeout:g} s ({tally['sat']} sat, "
+    print(f"\n{decided} of {n} instances decided at --timeout {args.timeout:g} s on {args.device} ({tally['sat']} sat, "
           f"{tally['unsat']} unsat, {tally['unknown']} unknown, {tally['timeout']} timeout, {tally['error']} error); "
           f"{tally['agree']} agree with the ground truth's consensus; total {total_s:.1f} s")
     print(f"unsat where the ground truth says sat: {len(unsound)} {unsound}")

@@ -218,6 +218,7 @@ def verify(
                                         "alpha-crown.")] = "alpha-crown",
     out: Annotated[Optional[Path], typer.Option("--out", help="Result file (VNN-COMP format).")] = None,
     seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Answer one VNN-LIB property like a VNN-COMP tool: unsat, sat (with a counterexample), unknown or timeout.
 
@@ -242,7 +243,7 @@ def verify(
         from robverify.engine.answer import answer_instance
         from robverify.ir.model import load_model
 
-        loaded = load_model(model)
+        loaded = load_model(model, device)
         answer = answer_instance(loaded, prop, timeout=timeout, method=chosen, seed=seed, start=start)
     except RobverifyError as err:
         emit(f"{Result.ERROR.value}\n{err}\n")
