@@ -29,7 +29,8 @@ from torch import Tensor
 from robverify.ir.graph import Graph, Node
 from robverify.ir.layout import empty_bounds, fit_box, fit_spec
 from robverify.ops import Relu
-from robverify.ops.base import Box, LinearOp
+from robverify.ops.linear import Conv
+from robverify.ops.base import Box, LinearOp, flat_rows, memory_order
 from robverify.engine.allocator import reused_memory
 from robverify.engine.patches import Patches, add_coefficients, patch_backward, worth_keeping
 from robverify.spec import Method, Spec
@@ -43,7 +44,7 @@ class BoundOptions:
     alpha_steps: int = 20
     alpha_lr: float = 0.5
     #: elements of linear coefficients held at once by one backward pass (memory bound ~ 4 bytes each)
-    budget: int = 2**26
+    budget: int = 2**24
     #: relative + absolute safety margin subtracted from every bound; None: 1e-5 (float32) / 1e-10 (float64)
     safety: float | None = None
     #: keep autograd through the bounds w.r.t. the graph's parameters (certified training)
@@ -216,6 +217,13 @@ class _Propagator:
                 break
             if isinstance(a, Patches) and not worth_keeping(a, node.shape):
                 a = a.to_dense(node.shape)
+            if hook is None and not coeffs and isinstance(a, Tensor) and isinstance(node.op, Conv) \
+                    and node.inputs[0] in self.images:
+                # The last map before an exact box: bounded over it without making the rows on the box's layer.
+                got = node.op.box_lower_bound(a, *self.box_at(node.inputs[0]))
+                if got is not None:
+                    bias = bias + got + node.op.bias_term(a, [self.graph.shape_of(node.inputs[0])])
+                    continue
             boxes = [self.boxes[i] for i in node.inputs]
             own_alpha = bool(alphas) and node.name in alphas  # optimised slopes: the dense rule reads them
             step = patch_backward(node.op, a, node.shape, boxes) if isinstance(a, Patches) and not own_alpha else None
@@ -234,15 +242,20 @@ class _Propagator:
             bias = bias + self.concretize(name, a)
         return bias
 
+    def box_at(self, name: str) -> Box:
+        """The box of node ``name``; the input's is read from x_lo / x_hi, which a caller may replace by tensors
+        that track gradients."""
+        return (self.x_lo, self.x_hi) if name == self.graph.input_name else self.boxes[name]
+
     def concretize(self, name: str, a: Tensor | Patches) -> Tensor:
         """Lower bound ``[B, K]`` of ``a . value(name)`` over ``name``'s box (exact for the input's images)."""
-        # the input box is read from x_lo / x_hi, which a caller may replace by tensors that track gradients
-        lo, hi = (self.x_lo, self.x_hi) if name == self.graph.input_name else self.boxes[name]
+        lo, hi = self.box_at(name)
         if isinstance(a, Patches):
             return a.concretize((lo, hi))
-        center = ((lo + hi) / 2).flatten(1).unsqueeze(-1)
-        radius = ((hi - lo) / 2).flatten(1).unsqueeze(-1)
-        a_flat = a.flatten(2)
+        perm = memory_order(a)  # channels-last rows are read as they lie, the box laid out alike
+        center = flat_rows(((lo + hi) / 2).unsqueeze(1), perm).transpose(1, 2)  # [B, n, 1]
+        radius = flat_rows(((hi - lo) / 2).unsqueeze(1), perm).transpose(1, 2)
+        a_flat = flat_rows(a, perm)
         return (a_flat @ center).squeeze(-1) - (a_flat.abs() @ radius).squeeze(-1)
 
     def refine(self, name: str, box: Box) -> Box:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robverify.ops.base import Box, Op
+from robverify.ops.base import Box, Op, flat_rows, memory_order
 from robverify.ops.linear import Add2, AvgPool, Conv, ElementwiseAffine, Pad, Sub2
 from robverify.ops.nonlinear import Elementwise, Relu
 
@@ -169,16 +169,21 @@ _WINDOW_MAP_LIMIT = 2**22
 
 
 def _window_map(op: Op, weight: Tensor, in_size: tuple[int, int], stride: tuple[int, int],
-                dilation: tuple[int, int], groups: int) -> Tensor:
-    """The transposed convolution of one ``[O, kh, kw]`` window as a matrix ``[O*kh*kw, C*kh'*kw']``,
-    cached on ``op`` by the weight's version (not under autograd)."""
-    key = (id(weight), weight._version, weight.dtype, weight.device, tuple(weight.shape), in_size)
+                dilation: tuple[int, int], groups: int, perm: list[int] | None = None) -> Tensor:
+    """The transposed convolution of one ``[O, kh, kw]`` window as a matrix ``[O*kh*kw, C*kh'*kw']``, its rows
+    in the element order of ``perm`` (a :func:`~robverify.ops.base.memory_order` of ``[B, K, O, kh, kw]``
+    windows), cached on ``op`` by the weight's version (not under autograd)."""
+    key = (id(weight), weight._version, weight.dtype, weight.device, tuple(weight.shape), in_size,
+           None if perm is None else tuple(perm))
     cache = op.__dict__.setdefault("_window_maps", {})
     if not torch.is_grad_enabled() and key in cache:
         return cache[key]
     D = weight.shape[0] * in_size[0] * in_size[1]
     eye = torch.eye(D, dtype=weight.dtype, device=weight.device).reshape(D, weight.shape[0], *in_size)
     matrix = F.conv_transpose2d(eye, weight, None, stride, 0, 0, groups, dilation).reshape(D, -1)
+    if perm is not None:
+        order = [d - 2 for d in perm[2:]]
+        matrix = matrix.reshape(weight.shape[0], *in_size, -1).permute(*order, 3).reshape(D, -1)
     if not torch.is_grad_enabled():
         if len(cache) > 16:
             cache.clear()
@@ -197,8 +202,12 @@ def _conv_transpose(op: Op, p: Patches, layer_hw: tuple[int, int], weight: Tenso
     out_h, out_w = (kh - 1) * stride[0] + dilation[0] * (wh - 1) + 1, (kw - 1) * stride[1] + dilation[1] * (ww - 1) + 1
     d_in, d_out = O * kh * kw, C * out_h * out_w
     conv_flops = O * (C // groups) * wh * ww * kh * kw
-    if d_in * d_out <= min(_WINDOW_MAP_LIMIT, 4 * conv_flops):  # small windows: one GEMM beats the conv
-        g = coef.reshape(B * K, d_in) @ _window_map(op, weight, (kh, kw), stride, dilation, groups)
+    # Small windows: one GEMM beats the convolution up to ~4x its multiply-adds, ~8x for a convolution onto <= 4
+    # channels (an image input: CPU convolution kernels run slowly there); measured on 2 CPU cores.
+    if d_in * d_out <= min(_WINDOW_MAP_LIMIT, (8 if C <= 4 else 4) * conv_flops):
+        perm = memory_order(coef)  # channels-last windows are read as they lie, the map's rows ordered alike
+        matrix = _window_map(op, weight, (kh, kw), stride, dilation, groups, perm)
+        g = flat_rows(coef, perm).reshape(B * K, d_in) @ matrix
         g = g.reshape(B, K, C, out_h, out_w)
     else:
         flat = coef.reshape(B * K, O, kh, kw).contiguous(memory_format=torch.channels_last)

@@ -10,6 +10,35 @@ from torch import Tensor
 Box = tuple[Tensor, Tensor]
 
 
+def memory_order(A: Tensor, lead: int = 2) -> list[int] | None:
+    """The permutation of ``A``'s dims (the first ``lead`` kept first) under which ``A`` is contiguous, when ``A``
+    is a dense tensor laid out in another dim order (e.g. rows ``[B, K, C, H, W]`` made by a channels-last
+    convolution); None when ``A`` is contiguous or not dense in any order."""
+    if A.is_contiguous() or A.dim() <= lead + 1:
+        return None
+    tail = sorted(range(lead, A.dim()), key=lambda d: A.stride(d), reverse=True)
+    perm = list(range(lead)) + tail
+    return perm if A.permute(perm).is_contiguous() else None
+
+
+def in_order(t: Tensor, perm: list[int] | None) -> Tensor:
+    """``t`` (same shape and values) laid out in memory in the dim order ``perm`` (from :func:`memory_order`):
+    elementwise arithmetic between tensors of one layout is several times faster than across layouts."""
+    if perm is None or t.dim() != len(perm):
+        return t
+    inverse = [0] * len(perm)
+    for i, d in enumerate(perm):
+        inverse[d] = i
+    return t.permute(perm).contiguous().permute(inverse)
+
+
+def flat_rows(A: Tensor, perm: list[int] | None, lead: int = 2) -> Tensor:
+    """``A`` ``[*lead dims, *shape]`` flattened to ``[*lead dims, prod(shape)]`` in the element order of ``perm``
+    (a view when ``A`` is laid out so; pair it with every other tensor flattened by the same ``perm``)."""
+    t = A if perm is None or A.dim() != len(perm) else A.permute(perm)
+    return t.reshape(*A.shape[:lead], -1)
+
+
 class Op:
     """An operator node. ``n_inputs`` variable inputs; ``mixing`` is True when an output element depends on
     several input elements (interval arithmetic is then exact only for a single such map of a box)."""
@@ -80,9 +109,14 @@ class LinearOp(Op):
         in_shapes = [tuple(lo.shape[1:]) for lo, _ in boxes]
         flat = A.reshape(B * K, *out_shape)
         grads = [g.reshape(B, K, *s) for g, s in zip(self.vjp(flat, in_shapes), in_shapes)]
-        if self.has_bias():
-            bias_vec = self.bias_of(out_shape, in_shapes, A).reshape(-1)
-            bias = A.reshape(B, K, -1) @ bias_vec
-        else:
-            bias = A.new_zeros(B, K)
-        return grads, bias
+        return grads, self.bias_term(A, in_shapes)
+
+    def bias_term(self, A: Tensor, in_shapes: Sequence[tuple[int, ...]]) -> Tensor:
+        """``A . c`` ``[B, K]`` for rows ``A`` ``[B, K, *out_shape]`` (the constant part of the map)."""
+        B, K = A.shape[:2]
+        if not self.has_bias():
+            return A.new_zeros(B, K)
+        out_shape = tuple(A.shape[2:])
+        perm = memory_order(A)  # rows laid out channels-last stay a view
+        bias_vec = flat_rows(self.bias_of(out_shape, in_shapes, A).reshape(1, 1, *out_shape), perm)[0, 0]
+        return flat_rows(A, perm) @ bias_vec

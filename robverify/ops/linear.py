@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robverify.ops.base import LinearOp
+from robverify.ops.base import LinearOp, flat_rows, memory_order
 
 
 def _lead(x: Tensor, keep: int) -> tuple[Tensor, tuple[int, ...]]:
@@ -108,6 +108,51 @@ class Conv(LinearOp):
         if self.bias is None:
             return like.new_zeros(out_shape)
         return self.bias.view(-1, 1, 1).expand(out_shape[-3:]).expand(out_shape)
+
+    def subpixel_weight(self) -> Tensor:
+        """The transposed convolution as a plain one followed by ``pixel_shuffle``: weight ``[C s s, O, T, T']``
+        (``T = ceil(kh / s)``) with ``pixel_shuffle(conv2d(A, w, padding=(T - 1, T' - 1)), s)[..., p + y, p' + x]
+        = conv_transpose2d(A)[..., y, x]`` (stride ``s`` on both axes, no groups or dilation)."""
+        O, C, kh, kw = self.weight.shape
+        s = self.stride[0]
+        th, tw = -(-kh // s), -(-kw // s)
+        # tap (a, b) of sub-pixel (r, q) reads kernel tap (s (T-1-a) + r, s (T'-1-b) + q): pad the kernel to
+        # s T x s T' at the top/left... by index arithmetic on a zero-padded copy
+        padded = F.pad(self.weight, (0, s * tw - kw, 0, s * th - kh))  # [O, C, s T, s T']
+        taps = padded.reshape(O, C, th, s, tw, s).flip(2, 4)  # [O, C, a, r, b, q]
+        return taps.permute(1, 3, 5, 0, 2, 4).reshape(C * s * s, O, th, tw)
+
+    def box_lower_bound(self, A: Tensor, lo: Tensor, hi: Tensor) -> Tensor | None:
+        """Lower bound ``[B, K]`` of ``A . (conv(x) - bias)`` over the box ``lo <= x <= hi`` ``[B, C, H, W]`` for
+        rows ``A`` ``[B, K, O, H', W']``, without making the rows on the input: a sub-pixel convolution
+        (:meth:`subpixel_weight`) read against the box laid out alike (a convolution onto few channels, as onto
+        an image, runs ~2x faster so than transposed on CPU). None where it does not apply (the caller
+        goes the usual way)."""
+        if lo.dim() != 4:
+            return None
+        C, H, W = lo.shape[1:]
+        s = self.stride[0]
+        if (self.groups != 1 or tuple(self.dilation) != (1, 1) or self.stride[0] != self.stride[1] or C > 4
+                or A.dim() != 5 or self.weight.dim() != 4):
+            return None
+        B, K, O, h, w = A.shape
+        th, tw = -(-self.weight.shape[2] // s), -(-self.weight.shape[3] // s)
+        ph, pw = self.padding
+        full_h, full_w = s * (h + th - 1), s * (w + tw - 1)  # covers the whole transposed output
+        flat = A.reshape(B * K, O, h, w).contiguous(memory_format=torch.channels_last)
+        rows = F.conv2d(flat, self.subpixel_weight(), None, 1, (th - 1, tw - 1))  # [B K, C s s, h+T-1, w+T'-1]
+        rows = rows.reshape(B, K, *rows.shape[1:])
+
+        def laid_out(t: Tensor) -> Tensor:  # the box on the sub-pixel grid, zero on the transposed conv's padding
+            full = t.new_zeros(B, C, max(full_h, ph + H), max(full_w, pw + W))
+            full[:, :, ph:ph + H, pw:pw + W] = t  # input pixels past full_h x full_w: output padding, no rows
+            return F.pixel_unshuffle(full[:, :, :full_h, :full_w], s).unsqueeze(1)
+
+        perm = memory_order(rows)
+        center = flat_rows(laid_out((lo + hi) / 2), perm).transpose(1, 2)  # [B, n, 1]
+        radius = flat_rows(laid_out((hi - lo) / 2), perm).transpose(1, 2)
+        a = flat_rows(rows, perm)
+        return (a @ center).squeeze(-1) - (a.abs() @ radius).squeeze(-1)
 
     def abs_forward(self, radii: Sequence[Tensor], in_shapes: Sequence[tuple[int, ...]], bias: Tensor) -> Tensor:
         return self._conv(radii[0], self.weight.abs(), None)

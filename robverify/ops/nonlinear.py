@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robverify.ops.base import Box, Op
+from robverify.ops.base import Box, Op, flat_rows, in_order, memory_order
 
 
 class Elementwise(Op):
@@ -76,16 +76,20 @@ class Relu(Elementwise):
         """``A`` ``[B, K, ...]`` through ReLU's lines given as the upper slope ``a_u``, the lower minus the upper
         slope ``d`` (zero on stable neurons) and the upper intercept ``b_u`` (each broadcast to ``A``):
         ``new_A = A a_u + max(A, 0) d`` (= ``A a_l`` where ``A >= 0``, ``A a_u`` elsewhere) and the bias ``[B, K]``
-        ``min(A, 0) . b_u``, in few passes over the (large) coefficient tensor."""
+        ``min(A, 0) . b_u``, in few passes over the (large) coefficient tensor, all in ``A``'s memory layout (the
+        lines are laid out like it: arithmetic across layouts runs several times slower)."""
+        perm = memory_order(A)
+        a_u, d, b_u = in_order(a_u, perm), in_order(d, perm), in_order(b_u, perm)
         A_pos = A.clamp(min=0)
         new_A = (A * a_u).addcmul_(A_pos, d)
-        A_neg = A - A_pos
+        del A_pos
+        A_neg = A.clamp(max=0)
         B, K = A.shape[:2]
         if b_u.dim() == A.dim() and b_u.shape[1] == 1:  # lines shared by the K rows: one matrix product
-            bias = A_neg.reshape(B, K, -1) @ b_u.reshape(b_u.shape[0], -1, 1)
+            bias = flat_rows(A_neg, perm) @ flat_rows(b_u, perm).transpose(1, 2)
             return new_A, bias.reshape(B, K)
         if b_u.shape == A.shape:  # one line per row (patches): a batched dot product
-            bias = A_neg.reshape(B * K, 1, -1) @ b_u.reshape(B * K, -1, 1)
+            bias = flat_rows(A_neg, perm).reshape(B * K, 1, -1) @ flat_rows(b_u, perm).reshape(B * K, -1, 1)
             return new_A, bias.reshape(B, K)
         return new_A, (A_neg * b_u).flatten(2).sum(-1)
 
