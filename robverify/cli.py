@@ -42,6 +42,12 @@ InputRangeOpt = Annotated[Optional[str], typer.Option(
     "--input-range", help="LO,HI: the value range of the model input (default 0,1); eps and clipping are in it.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", help="Seconds per query of complete verifiers (bab, marabou, external, verona).")]
+ExecutorOpt = Annotated[str, typer.Option(
+    "--executor", help="local (this process) or ray (chunks of samples as tasks on Ray workers).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", help="Ray workers (default: one per CPU of the cluster; per GPU with --device cuda).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="A running Ray cluster (auto, ray://HOST:10001); default: start one here.")]
 
 
 @app.command()
@@ -52,14 +58,16 @@ def certify(
     out: OutOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_root: DataRootOpt = None,
     batch_size: BatchOpt = 256, verifier: VerifierOpt = None, verifier_cmd: VerifierCmdOpt = None,
     timeout: TimeoutOpt = None, data: DataOpt = None, input_range: InputRangeOpt = None,
+    executor: ExecutorOpt = "local", workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
 ) -> None:
     """Verdict per sample at each eps, with clean / PGD / certified accuracy."""
-    from robverify.app.commands import backend_options, certify as run_certify
+    from robverify.app.commands import ExecutorConfig, backend_options, certify as run_certify
 
     prep, table = run_certify(model, eps=eps, task=task, n=n, method=method, backend=backend, out=out, seed=seed,
                               device=device, data_root=data_root, batch_size=batch_size,
                               options=backend_options(verifier, verifier_cmd, timeout), console=err_console,
-                              data=data, input_range=input_range)
+                              data=data, input_range=input_range,
+                              executor=ExecutorConfig(executor, workers, ray_address))
     out = prep.out
     summary = table.groupby("eps").agg(
         clean_acc=("verdict", lambda v: float((v != "misclassified").mean())),
@@ -80,15 +88,17 @@ def sweep_epsilon(
     out: OutOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_root: DataRootOpt = None,
     batch_size: BatchOpt = 256, verifier: VerifierOpt = None, verifier_cmd: VerifierCmdOpt = None,
     timeout: TimeoutOpt = None, data: DataOpt = None, input_range: InputRangeOpt = None,
+    executor: ExecutorOpt = "local", workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
 ) -> None:
     """The robustness distribution: per-sample brackets (eps_lo, eps_hi), ECDF and certified-accuracy plots."""
-    from robverify.app.commands import backend_options, sweep_epsilon as run_sweep
+    from robverify.app.commands import ExecutorConfig, backend_options, sweep_epsilon as run_sweep
     from robverify.runs.sweep import SweepSettings
 
     prep, table = run_sweep(model, settings=SweepSettings.parse(tol, grid, eps_max), task=task, n=n, method=method,
                             backend=backend, out=out, seed=seed, device=device, data_root=data_root,
                             batch_size=batch_size, options=backend_options(verifier, verifier_cmd, timeout),
-                            console=err_console, data=data, input_range=input_range)
+                            console=err_console, data=data, input_range=input_range,
+                            executor=ExecutorConfig(executor, workers, ray_address))
     out = prep.out
     correct = table[table["status"] != "misclassified"]
     console.print(f"{len(table)} samples, {len(correct)} correctly classified; "

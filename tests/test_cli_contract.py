@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 import robverify.cli as cli
+from robverify.app.commands import ExecutorConfig
 from robverify.backends import BackendOptions
 from robverify.errors import RobverifyError
 from robverify.runs.sweep import SweepSettings
@@ -100,9 +101,11 @@ def test_certify_hands_every_option_to_the_library(certify_rec, tmp_path):
     result = invoke("certify", "m.onnx", "--eps", "0.01", "--eps", "0.03", "--task", "digits[0-4]", "-n", "7",
                     "--method", "crown-ibp", "--backend", "marabou", "--out", tmp_path / "run", "--seed", "3",
                     "--device", "cpu", "--data-root", tmp_path / "data", "--batch-size", "16", "--timeout", "2.5",
-                    "--data", tmp_path / "x.npz", "--input-range", "0,255")
+                    "--data", tmp_path / "x.npz", "--input-range", "0,255", "--executor", "ray", "--workers", "3",
+                    "--ray-address", "auto")
     assert result.exit_code == 0, result.output
     args, kw = certify_rec.only
+    assert kw.pop("executor") == ExecutorConfig("ray", 3, "auto")
     assert args == (Path("m.onnx"),) and isinstance(args[0], Path)
     assert kw["eps"] == [0.01, 0.03] and all(type(e) is float for e in kw["eps"])
     assert kw["options"] == BackendOptions(verifier=None, verifier_cmd=None, timeout=2.5)
@@ -120,7 +123,7 @@ def test_certify_hands_every_option_to_the_library(certify_rec, tmp_path):
 def test_certify_defaults(certify_rec):
     assert invoke("certify", "m.onnx", "--eps", "0.02").exit_code == 0
     _, kw = certify_rec.only
-    assert kw["options"] == BackendOptions()
+    assert kw["options"] == BackendOptions() and kw["executor"] == ExecutorConfig("local", None, None)
     assert {k: kw[k] for k in ("eps", "task", "n", "method", "backend", "out", "seed", "device", "data_root",
                                "batch_size")} == dict(eps=[0.02], task=None, n=100, method="crown", backend="native",
                                                       out=None, seed=0, device="cpu", data_root=None, batch_size=256)
@@ -155,7 +158,7 @@ def test_sweep_hands_backend_options_and_defaults(sweep_rec, tmp_path):
     _, kw = sweep_rec.only
     assert kw["options"] == BackendOptions(verifier="native-crown", verifier_cmd="tool/run_instance.sh --fast",
                                            timeout=7.0)
-    assert kw["settings"] == SweepSettings()
+    assert kw["settings"] == SweepSettings() and kw["executor"] == ExecutorConfig()
     assert (kw["backend"], kw["n"], kw["seed"], kw["method"], kw["out"], kw["batch_size"]) == (
         "verona", 3, 2, "crown", None, 256)
     assert kw["console"] is cli.err_console
@@ -170,6 +173,8 @@ BAD = [
     (["certify", "m.onnx", "--eps", "nan"], "--eps must be a finite number >= 0"),
     (["certify", "m.onnx", "--eps", "0.01", "--eps", "inf"], "--eps must be a finite number >= 0"),
     (["certify", "m.onnx", "--eps", "0.01", "--timeout", "0"], "--timeout must be a finite number > 0"),
+    (["sweep-epsilon", "m.onnx", "--executor", "slurm"], "unknown executor: expected one of local, ray"),
+    (["certify", "m.onnx", "--eps", "0.01", "--workers", "0"], "--workers must be >= 1"),
     (["sweep-epsilon", "m.onnx", "--tol", "0"], "--tol must be > 0"),
     (["sweep-epsilon", "m.onnx", "--tol", "-1e-3"], "--tol must be > 0"),
     (["sweep-epsilon", "m.onnx", "--tol", "nan"], "--tol must be > 0"),
@@ -373,9 +378,9 @@ def test_verify_hands_the_instance_to_answer_instance(monkeypatch, tmp_path):
     monkeypatch.setattr("robverify.engine.answer.answer_instance", answer)
     out = tmp_path / "res" / "result.txt"
     result = invoke("verify", "m.onnx", "p.vnnlib", "--timeout", "12", "--method", "CROWN", "--seed", "9",
-                    "--out", out)
+                    "--out", out, "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert load.only == ((Path("m.onnx"),), {})
+    assert load.only == ((Path("m.onnx"), "cpu"), {})
     args, kw = answer.only
     assert args == (loaded, Path("p.vnnlib"))
     assert kw["method"] is Method.CROWN and kw["timeout"] == 12.0 and kw["seed"] == 9

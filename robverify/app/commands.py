@@ -13,7 +13,8 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 
@@ -22,9 +23,29 @@ from robverify.errors import RobverifyError
 Progress = Callable[[int], None]
 
 
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the chunks run (:mod:`robverify.runs.executors`): ``name`` local or ray; ``workers`` (Ray actors;
+    None: one per CPU, or per GPU with ``--device cuda``, of the cluster); ``address`` of a running Ray cluster
+    (None: a local Ray instance is started)."""
+
+    name: str = "local"
+    workers: int | None = None
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        from robverify.runs.executors import EXECUTORS
+
+        if self.name.strip().lower() not in EXECUTORS:
+            raise RobverifyError(f"unknown executor: expected one of {', '.join(EXECUTORS)}, got {self.name!r}")
+        if self.workers is not None and self.workers < 1:
+            raise RobverifyError(f"--workers must be >= 1, got {self.workers}")
+
+
 @dataclass
 class Prepared:
-    """A loaded model, its samples, the backend, the open run directory ``out`` and (sweeps) the epsilon search."""
+    """A loaded model, its samples, the backend, the open run directory ``out``, (sweeps) the epsilon search, and
+    the recipe Ray workers build the same backend from."""
 
     loaded: Any   # robverify.ir.model.LoadedModel
     samples: Any  # robverify.runs.jobs.Samples
@@ -32,6 +53,22 @@ class Prepared:
     run: Any      # robverify.runs.rundir.RunDir
     out: Path
     search: Any = None  # robverify.runs.sweep.EpsilonSearch
+    recipe: Any = None  # robverify.runs.executors.BackendRecipe
+    executor: ExecutorConfig = ExecutorConfig()
+
+    @contextmanager
+    def executing(self) -> Iterator[Any]:
+        """The configured executor, closed (its actors stopped) at the end."""
+        from robverify.runs.executors import make_executor
+
+        executor = make_executor(self.executor.name, self.engine, self.recipe, workers=self.executor.workers,
+                                 address=self.executor.address)
+        try:
+            yield executor
+        finally:
+            close = getattr(executor, "close", None)
+            if close is not None:
+                close()
 
     @property
     def done(self) -> int:
@@ -123,7 +160,8 @@ def method_and_backend(method: str, backend: str) -> tuple[str, str]:
 
 def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: int, seed: int,
             data_root: Path | None, device: str, method: str, backend: str, out: Path | None, batch_size: int,
-            options: Any, settings: dict, data: Path | None = None, input_range: str | None = None) -> Prepared:
+            options: Any, settings: dict, data: Path | None = None, input_range: str | None = None,
+            executor: ExecutorConfig | None = None) -> Prepared:
     """Load model and samples, build the backend, then open (or resume) the run directory of ``command``.
 
     ``settings`` are the command's own settings; with the common ones they make the run's fingerprint. run.json
@@ -147,7 +185,10 @@ def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: i
     arguments = dict(model=str(model), device=device, **common, **settings)
     run = RunDir.open(out, command, arguments, dict(model_sha256=loaded.sha256, **common, **settings), key)
     run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape, verifiers=engine.provenance())
-    return Prepared(loaded, samples, engine, run, out)
+    from robverify.runs.executors import BackendRecipe
+
+    recipe = BackendRecipe(str(Path(model).resolve()), device, backend, method, batch_size, seed, options)
+    return Prepared(loaded, samples, engine, run, out, recipe=recipe, executor=executor or ExecutorConfig())
 
 
 def finalize_run(run: Any, table: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -177,20 +218,23 @@ def _with_bar(prep: Prepared, console: Any, verb: str, job: Callable[[Progress],
 
 def prepare_certify(model: Path, *, eps: Sequence[float], task: str | None, n: int, method: str, backend: str,
                     out: Path | None, seed: int, device: str, data_root: Path | None, batch_size: int,
-                    options: Any, data: Path | None = None, input_range: str | None = None) -> Prepared:
+                    options: Any, data: Path | None = None, input_range: str | None = None,
+                    executor: ExecutorConfig | None = None) -> Prepared:
     """Check the certify settings and :func:`prepare` it."""
     check_eps(eps)
     method, backend = method_and_backend(method, backend)
     return prepare("certify", ["sample_id", "eps"], model, task=task, n=n, seed=seed, data_root=data_root,
                    device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
-                   settings=dict(eps=sorted(eps)), data=data, input_range=input_range)
+                   settings=dict(eps=sorted(eps)), data=data, input_range=input_range, executor=executor)
 
 
 def run_certify_job(prep: Prepared, eps: Sequence[float], progress: Progress | None = None) -> pd.DataFrame:
     """Run a prepared certify to the end (resuming), draw its figures; returns the tidy table."""
     from robverify.runs.jobs import run_certify
 
-    return finalize_run(prep.run, run_certify(prep.run, prep.engine, prep.samples, eps, progress=progress))
+    with prep.executing() as executor:
+        table = run_certify(prep.run, prep.engine, prep.samples, eps, progress=progress, executor=executor)
+    return finalize_run(prep.run, table)
 
 
 def certify(model: Path, *, eps: Sequence[float], console: Any = None, **kwargs: Any) -> tuple[Prepared, pd.DataFrame]:
@@ -204,7 +248,8 @@ def certify(model: Path, *, eps: Sequence[float], console: Any = None, **kwargs:
 
 def prepare_sweep(model: Path, *, task: str | None, n: int, method: str, backend: str, settings: Any,
                   out: Path | None, seed: int, device: str, data_root: Path | None, batch_size: int,
-                  options: Any, data: Path | None = None, input_range: str | None = None) -> Prepared:
+                  options: Any, data: Path | None = None, input_range: str | None = None,
+                  executor: ExecutorConfig | None = None) -> Prepared:
     """Pick the epsilon search of ``backend``, let it check ``settings`` (a :class:`SweepSettings`), and
     :func:`prepare` the sweep (same fingerprint from the CLI and from a study)."""
     from robverify.runs.sweep import search_for
@@ -214,7 +259,7 @@ def prepare_sweep(model: Path, *, task: str | None, n: int, method: str, backend
     search.check(settings)
     prep = prepare("sweep-epsilon", ["sample_id"], model, task=task, n=n, seed=seed, data_root=data_root,
                    device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
-                   settings=settings.fingerprint(), data=data, input_range=input_range)
+                   settings=settings.fingerprint(), data=data, input_range=input_range, executor=executor)
     prep.search = search
     return prep
 
@@ -224,7 +269,9 @@ def run_sweep_job(prep: Prepared, settings: Any, progress: Progress | None = Non
     returns the tidy table."""
     from robverify.runs.verona_csv import write_verona_result_df
 
-    table = prep.search.sweep(prep.run, prep.engine, prep.samples, settings, progress=progress)
+    with prep.executing() as executor:
+        table = prep.search.sweep(prep.run, prep.engine, prep.samples, settings, progress=progress,
+                                  executor=executor)
     write_verona_result_df(table, prep.out / "result_df.csv")
     return finalize_run(prep.run, table)
 

@@ -77,7 +77,8 @@ seed = 0
 """
 
 _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
-    "study": {"out": (str,), "seed": (int,), "device": (str,), "data_root": (str,), "name": (str,)},
+    "study": {"out": (str,), "seed": (int,), "device": (str,), "data_root": (str,), "name": (str,),
+              "executor": (str,), "ray_address": (str,), "workers": (int,)},
     "source": {"task": (str,), "arch": (str,), "method": (str,), "eps": (int, float), "epochs": (int,),
                "hyper": (dict,), "model": (str,)},
     "transfer": {"targets": (list,), "strategies": (list,), "epochs": (int,), "blocks": (int,), "eps": (int, float),
@@ -90,7 +91,8 @@ _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "tru
                dict: "an inline table"}
 _REQUIRED = {"transfer": ("targets", "strategies")}
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "study": {"out": "study-out", "seed": 0, "device": "cpu", "data_root": None, "name": "study"},
+    "study": {"out": "study-out", "seed": 0, "device": "cpu", "data_root": None, "name": "study",
+              "executor": "local", "ray_address": None, "workers": None},
     "source": {"arch": "cnn-small", "method": "pgd", "eps": 0.1, "epochs": 3, "hyper": {}, "model": None,
                "task": None},
     "transfer": {"epochs": 2, "blocks": None, "eps": None, "hyper": {}},
@@ -181,6 +183,14 @@ def parse_study(text: str, path: Path) -> Study:
                                                                                     "epochs", "hyper")):
         raise RobverifyError(f"{study.where('source', 'model')}: [source] model is a trained source; "
                              f"leave out the training keys")
+    from robverify.runs.executors import EXECUTORS
+
+    run = settings["study"]
+    if run["executor"] not in EXECUTORS:
+        raise RobverifyError(f"{study.where('study', 'executor')}: [study] executor must be one of "
+                             f"{', '.join(EXECUTORS)}, got {run['executor']!r}")
+    if run["workers"] is not None and run["workers"] < 1:
+        raise RobverifyError(f"{study.where('study', 'workers')}: [study] workers must be >= 1, got {run['workers']}")
     for key in ("targets", "strategies"):
         values = settings["transfer"][key]
         if not values or not all(isinstance(v, str) for v in values):
@@ -223,6 +233,7 @@ class Step:
     folder: Path
     work: Callable[["Step"], None]
     external: bool = False  # an existing model named by the study: never recomputed
+    deps: list["Step"] = field(default_factory=list)  # steps whose output this one reads
     ran: bool = False
     seconds: float = 0.0
 
@@ -240,6 +251,16 @@ class Step:
             return json.loads(marker.read_text(encoding="utf-8")).get("hash") == self.key
         except (OSError, ValueError):
             return False
+
+    def run(self) -> float:
+        """Do the work and mark the step done; its seconds."""
+        started = time.perf_counter()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.work(self)
+        self.seconds = time.perf_counter() - started
+        self.ran = True
+        self.finish()
+        return self.seconds
 
     def finish(self) -> None:
         record = {"kind": self.kind, "label": self.label, "hash": self.key, "inputs": self.inputs,
@@ -346,7 +367,7 @@ def plan_study(study: Study, out: Path, progress: Callable[[int], None] = lambda
                                **tr["hyper"])
 
             step = Step("transfer", f"transfer {strategy} -> {task}", inputs,
-                        out / "transfer" / f"{strategy}--{_slug(task)}-{_hash(inputs)}", transfer)
+                        out / "transfer" / f"{strategy}--{_slug(task)}-{_hash(inputs)}", transfer, deps=[source])
             steps.append(step)
             models.append((step, task, f"{strategy} on {task}"))
 
@@ -358,7 +379,8 @@ def plan_study(study: Study, out: Path, progress: Callable[[int], None] = lambda
         def sweep(step: Step, model_step: Step = model_step, task: str | None = task) -> None:
             _sweep(model_step.folder / "model.onnx", task, step.folder, study, progress)
 
-        sweeps.append(Step("sweep", f"sweep {name}", inputs, out / "sweep" / f"{_slug(name)}-{_hash(inputs)}", sweep))
+        sweeps.append(Step("sweep", f"sweep {name}", inputs, out / "sweep" / f"{_slug(name)}-{_hash(inputs)}", sweep,
+                           deps=[model_step]))
     steps += sweeps
 
     cmp = study["compare"]
@@ -370,7 +392,7 @@ def plan_study(study: Study, out: Path, progress: Callable[[int], None] = lambda
 
         compare_runs([s.folder for s in sweeps], step.folder, eps=cmp["eps"], eps_ref=cmp["eps_ref"], seed=cmp["seed"])
 
-    steps.append(Step("compare", "compare (strategies report)", inputs, out / "report", compare))
+    steps.append(Step("compare", "compare (strategies report)", inputs, out / "report", compare, deps=sweeps))
     return steps
 
 
@@ -389,22 +411,20 @@ def run_study(study: Study, out: Path | None = None, *, console: Any = None) -> 
     def advance(k: int) -> None:
         bar.advance(sample_task, k)
 
-    steps = plan_study(study, out, advance)
+    on_ray = study["study"]["executor"] == "ray"
+    steps = plan_study(study, out, (lambda k: None) if on_ray else advance)
     with progress_bar(console) as bar:
         overall = bar.add("study", total=len(steps))
+        if on_ray:
+            _run_on_ray(study, steps, lambda: bar.advance(overall, 1))
         for step in steps:
-            if step.done():
-                bar.advance(overall, 1)
+            if on_ray or step.done():
+                bar.advance(overall, 0 if on_ray else 1)
                 continue
             bar.describe(overall, f"study: {step.label}")
             if step.kind == "sweep":
                 sample_task = bar.add(f"  samples of {step.label}", total=study["sweep"]["n"])
-            started = time.perf_counter()
-            step.folder.mkdir(parents=True, exist_ok=True)
-            step.work(step)
-            step.seconds = time.perf_counter() - started
-            step.ran = True
-            step.finish()
+            step.run()
             bar.remove(sample_task)
             sample_task = None
             bar.advance(overall, 1)
@@ -413,3 +433,45 @@ def run_study(study: Study, out: Path | None = None, *, console: Any = None) -> 
     summary = read_summary(report_dir / "summary.csv")
     figures = {name: report_dir / FIGURES / f"{name}.png" for name in figure_names(summary)}
     return StudyResult(steps, Report(report_dir, summary, headline_table(summary), figures))
+
+
+def _run_step(step: Step, *_done_deps: float) -> float:
+    """A study step as a Ray task (its dependencies' results are passed in only to order it after them)."""
+    return step.run()
+
+
+def _run_on_ray(study: Study, steps: list[Step], advanced: Callable[[], None]) -> None:
+    """Every step not done as a Ray task that waits for the tasks of its dependencies (independent transfers and
+    sweeps run at once); cached steps are skipped. A task whose worker dies is retried by Ray."""
+    from robverify.runs.executors import RETRIES, import_ray
+
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=study["study"]["ray_address"], num_cpus=None if study["study"]["ray_address"] else
+                     study["study"]["workers"], include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        except Exception as err:
+            raise RobverifyError(f"{study.where('study', 'executor')}: Ray could not start or connect: "
+                                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    gpu = str(study["study"]["device"]).strip().lower().startswith("cuda")
+    task = ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0, max_retries=RETRIES)(_run_step)
+    refs: dict[int, Any] = {}  # id(step) -> its task
+    stepping: dict[Any, Step] = {}
+    for step in steps:
+        if step.done():
+            advanced()
+            continue
+        ref = task.remote(step, *[refs[id(d)] for d in step.deps if id(d) in refs])
+        refs[id(step)], stepping[ref] = ref, step
+    pending = list(stepping)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        step = stepping[done[0]]
+        try:
+            step.seconds = float(ray.get(done[0]))
+        except ray.exceptions.RayError as err:
+            raise RobverifyError(f"study step '{step.label}' failed on Ray: "
+                                 f"{str(err).strip().splitlines()[-1]}") from None
+        step.ran = True
+        advanced()

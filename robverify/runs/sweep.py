@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from robverify.backends.base import Backend
+    from robverify.runs.executors import Executor
     from robverify.runs.jobs import Samples
     from robverify.runs.rundir import RunDir
 
@@ -93,8 +94,9 @@ class EpsilonSearch(Protocol):
         """Refuse settings this search cannot use (RobverifyError), before any run directory is opened."""
 
     def sweep(self, run: RunDir, backend: Backend, samples: Samples, settings: SweepSettings, *,
-              progress: Progress | None = None) -> pd.DataFrame:
-        """Run (or resume) the sweep in ``run``; returns the finalised tidy sweep table."""
+              progress: Progress | None = None, executor: Executor | None = None) -> pd.DataFrame:
+        """Run (or resume) the sweep in ``run`` (its chunks on ``executor``; default: this process); returns the
+        finalised tidy sweep table."""
 
 
 class BracketSearch:
@@ -106,10 +108,10 @@ class BracketSearch:
         return None
 
     def sweep(self, run: RunDir, backend: Backend, samples: Samples, settings: SweepSettings, *,
-              progress: Progress | None = None) -> pd.DataFrame:
+              progress: Progress | None = None, executor: Executor | None = None) -> pd.DataFrame:
         from robverify.runs.jobs import run_sweep
 
-        return run_sweep(run, backend, samples, settings, progress=progress)
+        return run_sweep(run, backend, samples, settings, progress=progress, executor=executor)
 
 
 class VeronaGridSearch:
@@ -123,10 +125,13 @@ class VeronaGridSearch:
             raise RobverifyError("--backend verona needs --grid (VERONA searches an epsilon list)")
 
     def sweep(self, run: RunDir, backend: Backend, samples: Samples, settings: SweepSettings, *,
-              progress: Progress | None = None) -> pd.DataFrame:
+              progress: Progress | None = None, executor: Executor | None = None) -> pd.DataFrame:
         from robverify.runs.verona_search import run_verona_sweep
 
         self.check(settings)
+        if executor is not None and executor.name != "local":
+            raise RobverifyError("--backend verona runs VERONA's own search, one query at a time in this process: "
+                                 "use --executor local (or --backend native / bab with --executor ray)")
         return run_verona_sweep(run, backend, samples, settings.grid or (), domain=samples.domain, progress=progress)
 
 
