@@ -198,24 +198,18 @@ def export_vnnlib(
 
     check_eps(eps)
     loaded = load_model(model)
-    if data is not None:
-        from trainers.user_data import load_user_data
-
-        total = int(load_user_data(data).x.shape[0])
-    else:
-        from trainers.tasks import load_task
-
+    if data is None:
         task = task_for(model, task)
-        total = len(load_task(task, data_root=data_root, seed=seed).y_test)
-    pool = min(total, max(4 * n, n + 50))  # candidates: enough to find n correctly classified ones
-    samples, _, _ = load_samples(loaded, task, pool, seed, data_root, data=data, input_range=input_range)
+    pool = max(4 * n, n + 50)  # candidates (all, if fewer): enough to find n correctly classified ones
+    samples, _, _ = load_samples(loaded, task, pool, seed, data_root, data=data, input_range=input_range,
+                                 at_most=True)
     instances = export_benchmark(loaded, samples.x, samples.label, samples.sample_id, eps, out, n=n,
                                  n_classes=samples.n_classes, targeted=targeted, timeout=timeout,
                                  domain=samples.domain, task=samples.task, seed=seed)
     n_samples = len({r.sample_id for r in instances})
     if n_samples < n:
-        err_console.print(f"warning: only {n_samples} of the {pool} samples looked at are correctly classified "
-                          f"(asked for {n})", highlight=False)
+        err_console.print(f"warning: only {n_samples} of the {samples.x.shape[0]} samples looked at are correctly "
+                          f"classified (asked for {n})", highlight=False)
     console.print(f"{len(instances)} instances of {n_samples} samples: {out / 'instances.csv'}")
 
 

@@ -89,10 +89,12 @@ def task_for(model: Path, task: str | None) -> str:
 
 
 def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Path | None, *,
-                 data: Path | None = None, input_range: str | None = None) -> tuple[Any, dict | None, str]:
+                 data: Path | None = None, input_range: str | None = None,
+                 at_most: bool = False) -> tuple[Any, dict | None, str]:
     """The seeded test samples of ``task`` (or of the user's ``data`` file or folder: :mod:`trainers.user_data`),
     fitted to the model input: ``(Samples, reshape record, sha256 of x)``. Unlabelled data is labelled by the
-    model's own predictions; ``input_range`` (``LO,HI``) is the range boxes are clipped to."""
+    model's own predictions; ``input_range`` (``LO,HI``) is the range boxes are clipped to. ``at_most``: ``n``
+    is a cap (all samples when there are fewer), else exactly ``n`` are needed."""
     import torch
 
     from robverify.ir.model import inputs_for
@@ -104,7 +106,7 @@ def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Pat
     domain = parse_range(input_range)
     if data is not None:
         user = load_user_data(data)
-        x, y, sample_id = sample_data(user, n, seed=seed)
+        x, y, sample_id = sample_data(user, min(n, int(user.x.shape[0])) if at_most else n, seed=seed)
         name, n_classes = user.name, max(len(user.classes), int(y.max()) + 1 if y is not None else 0)
     else:
         from trainers.tasks import load_task, sample_test
@@ -112,7 +114,7 @@ def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Pat
         if task is None:
             raise RobverifyError("--task or --data is needed")
         loaded = load_task(task, data_root=data_root, seed=seed)
-        x, y, sample_id = sample_test(loaded, n, seed=seed)
+        x, y, sample_id = sample_test(loaded, min(n, len(loaded.y_test)) if at_most else n, seed=seed)
         name, n_classes = str(loaded.task), loaded.n_classes
     x, reshape = inputs_for(model, x)
     if model.graph.n_outputs < n_classes:
