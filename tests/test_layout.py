@@ -101,3 +101,18 @@ def test_window_map_rows_follow_the_windows_layout():
         plain = _window_map(op, weight, (3, 3), (2, 2), (1, 1), 1)
         laid = _window_map(op, weight, (3, 3), (2, 2), (1, 1), 1, perm)
     assert torch.allclose(flat_rows(windows, perm).reshape(8, -1) @ laid, windows.reshape(8, -1) @ plain)
+
+
+@pytest.mark.parametrize("op", ["sigmoid", "tanh"])
+def test_s_shaped_lines_give_the_same_rows_in_either_layout(op):
+    from robverify.ops.nonlinear import Sigmoid, Tanh
+
+    relax = {"sigmoid": Sigmoid(), "tanh": Tanh()}[op]
+    gen = torch.Generator().manual_seed(4)
+    A = _channels_last_rows(2, 3, 4, 5, 5, gen)
+    lo = torch.randn(2, 1, 4, 5, 5, generator=gen, dtype=torch.float64)
+    hi = lo + torch.rand(2, 1, 4, 5, 5, generator=gen, dtype=torch.float64)
+    lines = relax.relax(lo, hi, None)
+    new_cl, bias_cl = relax.apply_relaxation(A, *lines)
+    new, bias = relax.apply_relaxation(A.contiguous(), *lines)
+    assert torch.allclose(new_cl, new, atol=1e-12) and torch.allclose(bias_cl, bias, atol=1e-12)

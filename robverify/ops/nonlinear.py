@@ -38,9 +38,11 @@ class Elementwise(Op):
                          ) -> tuple[Tensor, Tensor]:
         """``A`` ``[B, K, ...]`` through the lines (broadcast to ``A``): the coefficients on the input and the
         bias ``[B, K]`` of the lower bound ``A . f(x) >= new_A . x + bias``."""
+        perm = memory_order(A)  # the lines laid out like the rows (see Relu.apply_lines)
+        a_l, b_l, a_u, b_u = (in_order(t, perm) for t in (a_l, b_l, a_u, b_u))
         A_pos, A_neg = A.clamp(min=0), A.clamp(max=0)
         new_A = A_pos * a_l + A_neg * a_u
-        bias = (A_pos * b_l + A_neg * b_u).flatten(2).sum(-1)
+        bias = flat_rows(A_pos * b_l + A_neg * b_u, perm).sum(-1)
         return new_A, bias
 
 
