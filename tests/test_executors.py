@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from helpers import digits_mlp, single_thread  # noqa: F401 (single_thread: an autouse fixture)
+from test_study import TINY
 from robverify.errors import RobverifyError
 
 ray = pytest.importorskip("ray")
@@ -151,29 +152,9 @@ def test_cli_sweep_on_ray_and_bad_options(model, tmp_path):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-STUDY = """\
-[study]
-out = "out"
-seed = 0
-{executor}
-[source]
-task = "digits[0-4]"
-arch = "mlp"
-method = "standard"
-eps = 0.02
-epochs = 1
-
-[transfer]
-targets = ["digits[5-9]"]
-strategies = ["linear-probe", "full-ft"]
-epochs = 1
-
-[sweep]
-n = 6
-method = "ibp"
-tol = 0.005
-eps_max = 0.2
-"""
+def _study(line: str) -> str:
+    """test_study's tiny study (digits MLPs, one source, two transfers, n = 6) with ``line`` added to [study]."""
+    return TINY.format(n=6).replace("[study]\n", "[study]\n" + line, 1)
 
 
 def test_study_on_ray_equals_the_local_study_and_caches(cluster, tmp_path):
@@ -183,7 +164,7 @@ def test_study_on_ray_equals_the_local_study_and_caches(cluster, tmp_path):
     for name, line in (("local", ""), ("ray", 'executor = "ray"\n')):
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "study.toml").write_text(STUDY.format(executor=line))
+        (folder / "study.toml").write_text(_study(line))
         result = run_study(load_study(folder / "study.toml"))
         assert len(result.ran) == len(result.steps) == 7  # source, 2 transfers, 3 sweeps, compare
         tables[name] = {s.label: pd.read_parquet(s.folder / "results.parquet")
@@ -198,7 +179,7 @@ def test_study_on_ray_equals_the_local_study_and_caches(cluster, tmp_path):
 def test_study_executor_key_is_checked(tmp_path):
     from robverify.app.study import parse_study
 
-    with pytest.raises(RobverifyError, match=r"study.toml:4: \[study\] executor must be one of local, ray"):
-        parse_study(STUDY.format(executor='executor = "slurm"\n'), tmp_path / "study.toml")
+    with pytest.raises(RobverifyError, match=r"study.toml:2: \[study\] executor must be one of local, ray"):
+        parse_study(_study('executor = "slurm"\n'), tmp_path / "study.toml")
     with pytest.raises(RobverifyError, match=r"workers must be >= 1"):
-        parse_study(STUDY.format(executor="workers = 0\n"), tmp_path / "study.toml")
+        parse_study(_study("workers = 0\n"), tmp_path / "study.toml")
