@@ -137,6 +137,7 @@ def test_executor_settings_are_checked():
         ExecutorConfig("ray", 0)
 
 
+@pytest.mark.slow  # starts its own Ray instance (~15 s)
 def test_cli_sweep_on_ray_and_bad_options(model, tmp_path):
     cli = [sys.executable, "-m", "robverify.cli", "sweep-epsilon", str(model), "-n", "8", "--tol", "1e-2"]
     out = tmp_path / "cli"
@@ -157,6 +158,7 @@ def _study(line: str) -> str:
     return TINY.format(n=6).replace("[study]\n", "[study]\n" + line, 1)
 
 
+@pytest.mark.slow  # trains and sweeps six small models (~20 s)
 def test_study_on_ray_equals_the_local_study_and_caches(cluster, tmp_path):
     from robverify.app.study import load_study, run_study
 
