@@ -29,8 +29,8 @@ from torch import Tensor
 from robverify.ir.graph import Graph, Node
 from robverify.ir.layout import empty_bounds, fit_box, fit_spec
 from robverify.ops import Relu
-from robverify.ops.linear import Conv
 from robverify.ops.base import Box, LinearOp, flat_rows, memory_order
+from robverify.ops.linear import Conv
 from robverify.engine.allocator import reused_memory
 from robverify.engine.patches import Patches, add_coefficients, patch_backward, worth_keeping
 from robverify.spec import Method, Spec
