@@ -128,6 +128,22 @@ def test_an_interrupted_driver_resumes(cluster, model, tmp_path):
     _same(_sweep(model, tmp_path / "local", "local"), table, COLUMNS)
 
 
+def _failing_chunk(backend, chunk) -> pd.DataFrame:
+    raise RobverifyError(f"no rows for chunk {chunk} on {backend.model.name}")
+
+
+def test_an_error_in_a_chunk_comes_back_as_one_line(cluster, model):
+    from robverify.backends import BackendOptions
+    from robverify.runs.executors import BackendRecipe, RayExecutor
+
+    executor = RayExecutor(BackendRecipe(str(model), "cpu", "native", "crown", 16, 0, BackendOptions()), workers=1)
+    try:
+        with pytest.raises(RobverifyError, match=r"a chunk failed on a Ray worker .*no rows for chunk 7 on digits"):
+            list(executor.map(_failing_chunk, [7]))
+    finally:
+        executor.close()
+
+
 def test_executor_settings_are_checked():
     from robverify.app.commands import ExecutorConfig
 

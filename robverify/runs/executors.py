@@ -153,7 +153,7 @@ class RayExecutor:
             try:
                 rows = self.ray.get(ref)
             except self.ray.exceptions.RayError as err:
-                raise RobverifyError(f"a Ray worker failed {RETRIES + 1} times on one chunk: "
+                raise RobverifyError(f"a chunk failed on a Ray worker (dead workers are retried {RETRIES} times): "
                                      f"{str(err).strip().splitlines()[-1]}") from None
             yield rows
 
