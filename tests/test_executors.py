@@ -136,12 +136,14 @@ def test_an_error_in_a_chunk_comes_back_as_one_line(cluster, model):
     from robverify.backends import BackendOptions
     from robverify.runs.executors import BackendRecipe, RayExecutor
 
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     executor = RayExecutor(BackendRecipe(str(model), "cpu", "native", "crown", 16, 0, BackendOptions()), workers=1)
     try:
         with pytest.raises(RobverifyError, match=r"a chunk failed on a Ray worker .*no rows for chunk 7 on digits"):
             list(executor.map(_failing_chunk, [7]))
     finally:
         executor.close()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_executor_settings_are_checked():
