@@ -11,35 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 
 from robverify.errors import RobverifyError
+from robverify.runs.executors import ExecutorConfig
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class ExecutorConfig:
-    """Where the chunks run (:mod:`robverify.runs.executors`): ``name`` local or ray; ``workers`` (Ray actors;
-    None: one per CPU, or per GPU with ``--device cuda``, of the cluster); ``address`` of a running Ray cluster
-    (None: a local Ray instance is started)."""
-
-    name: str = "local"
-    workers: int | None = None
-    address: str | None = None
-
-    def __post_init__(self) -> None:
-        from robverify.runs.executors import EXECUTORS
-
-        if self.name.strip().lower() not in EXECUTORS:
-            raise RobverifyError(f"unknown executor: expected one of {', '.join(EXECUTORS)}, got {self.name!r}")
-        if self.workers is not None and self.workers < 1:
-            raise RobverifyError(f"--workers must be >= 1, got {self.workers}")
 
 
 @dataclass
@@ -61,8 +43,7 @@ class Prepared:
         """The configured executor, closed (its actors stopped) at the end."""
         from robverify.runs.executors import make_executor
 
-        executor = make_executor(self.executor.name, self.engine, self.recipe, workers=self.executor.workers,
-                                 address=self.executor.address)
+        executor = make_executor(self.executor, self.engine, self.recipe)
         try:
             yield executor
         finally:
@@ -185,6 +166,10 @@ def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: i
         common.update(data=None if data is None else str(data), input_range=list(samples.domain))
     settings = {**settings, **options.fingerprint()}
     arguments = dict(model=str(model), device=device, **common, **settings)
+    if executor is not None and executor.name == "ray":  # connect first: a failure leaves no run directory
+        from robverify.runs.executors import start_ray
+
+        start_ray(executor.address, executor.workers)
     run = RunDir.open(out, command, arguments, dict(model_sha256=loaded.sha256, **common, **settings), key)
     run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape, verifiers=engine.provenance())
     from robverify.runs.executors import BackendRecipe
@@ -258,7 +243,7 @@ def prepare_sweep(model: Path, *, task: str | None, n: int, method: str, backend
 
     method, backend = method_and_backend(method, backend)
     search = search_for(backend)
-    search.check(settings)
+    search.check(settings, (executor or ExecutorConfig()).name)
     prep = prepare("sweep-epsilon", ["sample_id"], model, task=task, n=n, seed=seed, data_root=data_root,
                    device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
                    settings=settings.fingerprint(), data=data, input_range=input_range, executor=executor)

@@ -443,17 +443,9 @@ def _run_step(step: Step, *_done_deps: float) -> float:
 def _run_on_ray(study: Study, steps: list[Step], advanced: Callable[[], None]) -> None:
     """Every step not done as a Ray task that waits for the tasks of its dependencies (independent transfers and
     sweeps run at once); cached steps are skipped. A task whose worker dies is retried by Ray."""
-    from robverify.runs.executors import RETRIES, import_ray
+    from robverify.runs.executors import RETRIES, start_ray
 
-    ray = import_ray()
-    if not ray.is_initialized():
-        try:
-            ray.init(address=study["study"]["ray_address"], num_cpus=None if study["study"]["ray_address"] else
-                     study["study"]["workers"], include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-        except Exception as err:
-            raise RobverifyError(f"{study.where('study', 'executor')}: Ray could not start or connect: "
-                                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    ray = start_ray(study["study"]["ray_address"], study["study"]["workers"])
     gpu = str(study["study"]["device"]).strip().lower().startswith("cuda")
     task = ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0, max_retries=RETRIES)(_run_step)
     refs: dict[int, Any] = {}  # id(step) -> its task

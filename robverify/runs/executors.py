@@ -27,6 +27,24 @@ ChunkWork = Callable[[Backend, Any], pd.DataFrame]
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the chunks run: ``name`` local or ray; ``workers`` (Ray actors; None: one per CPU, or per GPU with
+    ``--device cuda``, of the cluster); ``address`` of a running Ray cluster (None: a local Ray instance is
+    started)."""
+
+    name: str = "local"
+    workers: int | None = None
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.name.strip().lower())
+        if self.name not in EXECUTORS:
+            raise RobverifyError(f"unknown executor: expected one of {', '.join(EXECUTORS)}, got {self.name!r}")
+        if self.workers is not None and self.workers < 1:
+            raise RobverifyError(f"--workers must be >= 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
 class BackendRecipe:
     """What a worker needs to build the run's backend itself (picklable): the ONNX model's path and the
     backend's settings as ``robverify.app.commands.prepare`` used them."""
@@ -97,6 +115,20 @@ def import_ray() -> Any:
     return ray
 
 
+def start_ray(address: str | None, cpus: int | None) -> Any:
+    """``ray``, connected to the cluster at ``address`` or (None) to a local instance started with ``cpus`` CPUs
+    (None: all), unless this process is connected already; a one-line error when that fails."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, num_cpus=cpus if address is None else None, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        except Exception as err:  # connection refused, bad address: one line, not a traceback
+            raise RobverifyError(f"Ray could not start or connect (address {address or 'local'}): "
+                                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    return ray
+
+
 #: a killed worker process is restarted and its chunk (or study step) retried this many times before the run fails
 RETRIES = 3
 
@@ -110,20 +142,9 @@ class RayExecutor:
 
     def __init__(self, recipe: BackendRecipe, *, workers: int | None = None, address: str | None = None,
                  threads_per_worker: int = 1) -> None:
-        if workers is not None and workers < 1:
-            raise RobverifyError(f"--workers must be >= 1, got {workers}")
-        self.ray = import_ray()
+        self.ray = start_ray(address, workers)
         self.recipe = recipe
         self.threads = threads_per_worker
-        if not self.ray.is_initialized():
-            kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-            if address is None and workers is not None:
-                kwargs["num_cpus"] = workers
-            try:
-                self.ray.init(address=address, **kwargs)
-            except Exception as err:  # connection refused, bad address: one line, not a traceback
-                raise RobverifyError(f"Ray could not start or connect (address {address or 'local'}): "
-                                     f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
         gpu = recipe.device.strip().lower().startswith("cuda")
         available = self.ray.cluster_resources()
         capacity = int(available.get("GPU" if gpu else "CPU", 0))
@@ -163,17 +184,14 @@ class RayExecutor:
         self.actors = []
 
 
-def make_executor(name: str, backend: Backend, recipe: BackendRecipe | None = None, *, workers: int | None = None,
-                  address: str | None = None) -> LocalExecutor | RayExecutor:
-    """The executor called ``name`` (``local`` or ``ray``; a one-line error for anything else)."""
-    key = name.strip().lower()
-    if key == "local":
+def make_executor(config: ExecutorConfig, backend: Backend, recipe: BackendRecipe | None = None
+                  ) -> LocalExecutor | RayExecutor:
+    """The executor ``config`` names, computing with ``backend`` here or with ``recipe``'s backend on Ray."""
+    if config.name == "local":
         return LocalExecutor(backend)
-    if key == "ray":
-        if recipe is None:
-            raise RobverifyError("--executor ray needs the model's path (the workers load it themselves)")
-        return RayExecutor(recipe, workers=workers, address=address)
-    raise RobverifyError(f"unknown executor: expected one of {', '.join(EXECUTORS)}, got {name!r}")
+    if recipe is None:
+        raise RobverifyError("--executor ray needs the model's path (the workers load it themselves)")
+    return RayExecutor(recipe, workers=config.workers, address=config.address)
 
 
 def subset(samples: Any, idx: Tensor) -> Any:

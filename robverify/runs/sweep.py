@@ -90,8 +90,9 @@ class EpsilonSearch(Protocol):
 
     name: str
 
-    def check(self, settings: SweepSettings) -> None:
-        """Refuse settings this search cannot use (RobverifyError), before any run directory is opened."""
+    def check(self, settings: SweepSettings, executor: str = "local") -> None:
+        """Refuse settings (or an executor) this search cannot use (RobverifyError), before any run directory is
+        opened."""
 
     def sweep(self, run: RunDir, backend: Backend, samples: Samples, settings: SweepSettings, *,
               progress: Progress | None = None, executor: Executor | None = None) -> pd.DataFrame:
@@ -104,7 +105,7 @@ class BracketSearch:
 
     name = "bracket"
 
-    def check(self, settings: SweepSettings) -> None:
+    def check(self, settings: SweepSettings, executor: str = "local") -> None:
         return None
 
     def sweep(self, run: RunDir, backend: Backend, samples: Samples, settings: SweepSettings, *,
@@ -120,18 +121,18 @@ class VeronaGridSearch:
 
     name = "verona"
 
-    def check(self, settings: SweepSettings) -> None:
+    def check(self, settings: SweepSettings, executor: str = "local") -> None:
         if settings.grid is None:
             raise RobverifyError("--backend verona needs --grid (VERONA searches an epsilon list)")
+        if executor != "local":
+            raise RobverifyError("--backend verona runs VERONA's own search, one query at a time in this process: "
+                                 "use --executor local (or --backend native / bab with --executor ray)")
 
     def sweep(self, run: RunDir, backend: Backend, samples: Samples, settings: SweepSettings, *,
               progress: Progress | None = None, executor: Executor | None = None) -> pd.DataFrame:
         from robverify.runs.verona_search import run_verona_sweep
 
-        self.check(settings)
-        if executor is not None and executor.name != "local":
-            raise RobverifyError("--backend verona runs VERONA's own search, one query at a time in this process: "
-                                 "use --executor local (or --backend native / bab with --executor ray)")
+        self.check(settings, "local" if executor is None else executor.name)
         return run_verona_sweep(run, backend, samples, settings.grid or (), domain=samples.domain, progress=progress)
 
 
