@@ -40,6 +40,11 @@ DataOpt = Annotated[Optional[Path], typer.Option(
                    "predictions) or an image folder FOLDER/<class>/<image>.")]
 InputRangeOpt = Annotated[Optional[str], typer.Option(
     "--input-range", help="LO,HI: the value range of the model input (default 0,1); eps and clipping are in it.")]
+MeanOpt = Annotated[Optional[str], typer.Option(
+    "--mean", help="Per-channel mean (m1,m2,... or one value) the model expects subtracted: verified is "
+                   "model((x - mean) / std), eps stays in the data's scale.")]
+StdOpt = Annotated[Optional[str], typer.Option(
+    "--std", help="Per-channel standard deviation the model expects divided out (with --mean; default 1).")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", help="Seconds per query of complete verifiers (bab, marabou, external, verona).")]
 ExecutorOpt = Annotated[str, typer.Option(
@@ -58,6 +63,7 @@ def certify(
     out: OutOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_root: DataRootOpt = None,
     batch_size: BatchOpt = 256, verifier: VerifierOpt = None, verifier_cmd: VerifierCmdOpt = None,
     timeout: TimeoutOpt = None, data: DataOpt = None, input_range: InputRangeOpt = None,
+    mean: MeanOpt = None, std: StdOpt = None,
     executor: ExecutorOpt = "local", workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
 ) -> None:
     """Verdict per sample at each eps, with clean / PGD / certified accuracy."""
@@ -66,7 +72,7 @@ def certify(
     prep, table = run_certify(model, eps=eps, task=task, n=n, method=method, backend=backend, out=out, seed=seed,
                               device=device, data_root=data_root, batch_size=batch_size,
                               options=backend_options(verifier, verifier_cmd, timeout), console=err_console,
-                              data=data, input_range=input_range,
+                              data=data, input_range=input_range, mean=mean, std=std,
                               executor=ExecutorConfig(executor, workers, ray_address))
     out = prep.out
     summary = table.groupby("eps").agg(
@@ -88,6 +94,7 @@ def sweep_epsilon(
     out: OutOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", data_root: DataRootOpt = None,
     batch_size: BatchOpt = 256, verifier: VerifierOpt = None, verifier_cmd: VerifierCmdOpt = None,
     timeout: TimeoutOpt = None, data: DataOpt = None, input_range: InputRangeOpt = None,
+    mean: MeanOpt = None, std: StdOpt = None,
     executor: ExecutorOpt = "local", workers: WorkersOpt = None, ray_address: RayAddressOpt = None,
 ) -> None:
     """The robustness distribution: per-sample brackets (eps_lo, eps_hi), ECDF and certified-accuracy plots."""
@@ -97,7 +104,7 @@ def sweep_epsilon(
     prep, table = run_sweep(model, settings=SweepSettings.parse(tol, grid, eps_max), task=task, n=n, method=method,
                             backend=backend, out=out, seed=seed, device=device, data_root=data_root,
                             batch_size=batch_size, options=backend_options(verifier, verifier_cmd, timeout),
-                            console=err_console, data=data, input_range=input_range,
+                            console=err_console, data=data, input_range=input_range, mean=mean, std=std,
                             executor=ExecutorConfig(executor, workers, ray_address))
     out = prep.out
     correct = table[table["status"] != "misclassified"]
@@ -190,6 +197,7 @@ def export_vnnlib(
     targeted: Annotated[bool, typer.Option("--targeted", help="One one2one property per other class.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per instance, written to instances.csv.")] = 60.0,
     seed: SeedOpt = 0, data_root: DataRootOpt = None, data: DataOpt = None, input_range: InputRangeOpt = None,
+    mean: MeanOpt = None, std: StdOpt = None,
 ) -> None:
     """Write a VNN-COMP benchmark (onnx/, vnnlib/, instances.csv) of the first N correctly classified samples."""
     from properties.benchmark import export_benchmark
@@ -197,12 +205,12 @@ def export_vnnlib(
     from robverify.ir.model import load_model
 
     check_eps(eps)
-    loaded = load_model(model)
     if data is None:
         task = task_for(model, task)
     pool = max(4 * n, n + 50)  # candidates (all, if fewer): enough to find n correctly classified ones
-    samples, _, _ = load_samples(loaded, task, pool, seed, data_root, data=data, input_range=input_range,
-                                 at_most=True)
+    read = load_samples(load_model(model), task, pool, seed, data_root, data=data, input_range=input_range,
+                        mean=mean, std=std, at_most=True)
+    loaded, samples = read.model, read.samples
     instances = export_benchmark(loaded, samples.x, samples.label, samples.sample_id, eps, out, n=n,
                                  n_classes=samples.n_classes, targeted=targeted, timeout=timeout,
                                  domain=samples.domain, task=samples.task, seed=seed)

@@ -101,8 +101,8 @@ def test_certify_hands_every_option_to_the_library(certify_rec, tmp_path):
     result = invoke("certify", "m.onnx", "--eps", "0.01", "--eps", "0.03", "--task", "digits[0-4]", "-n", "7",
                     "--method", "crown-ibp", "--backend", "marabou", "--out", tmp_path / "run", "--seed", "3",
                     "--device", "cpu", "--data-root", tmp_path / "data", "--batch-size", "16", "--timeout", "2.5",
-                    "--data", tmp_path / "x.npz", "--input-range", "0,255", "--executor", "ray", "--workers", "3",
-                    "--ray-address", "auto")
+                    "--data", tmp_path / "x.npz", "--input-range", "0,255", "--mean", "0.5,0.4,0.3", "--std", "0.2",
+                    "--executor", "ray", "--workers", "3", "--ray-address", "auto")
     assert result.exit_code == 0, result.output
     args, kw = certify_rec.only
     assert kw.pop("executor") == ExecutorConfig("ray", 3, "auto")
@@ -112,7 +112,7 @@ def test_certify_hands_every_option_to_the_library(certify_rec, tmp_path):
     assert isinstance(kw.pop("options"), BackendOptions) and kw.pop("console") is cli.err_console
     assert kw == dict(eps=[0.01, 0.03], task="digits[0-4]", n=7, method="crown-ibp", backend="marabou",
                       out=tmp_path / "run", seed=3, device="cpu", data_root=tmp_path / "data", batch_size=16,
-                      data=tmp_path / "x.npz", input_range="0,255")
+                      data=tmp_path / "x.npz", input_range="0,255", mean="0.5,0.4,0.3", std="0.2")
     assert type(kw["n"]) is int and type(kw["batch_size"]) is int and isinstance(kw["data_root"], Path)
     # the summary printed is the table's: clean, PGD and certified accuracy per eps
     lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.startswith("0.0")}

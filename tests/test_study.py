@@ -150,3 +150,46 @@ def test_unknown_key_on_the_command_line_names_its_table(tmp_path: Path) -> None
     result = robverify_cli("run", path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "study.toml:10: unknown key 'bogus' in [source]; expected one of task," in result.stderr
+
+
+@pytest.mark.slow  # runs two sweeps of the finished study again on the user's data
+def test_own_data_for_a_target_redoes_its_sweeps_with_the_same_samples(finished, tmp_path: Path) -> None:
+    """[sweep] data names a target's own test file: only that target's sweeps (and the report) are redone, and on
+    the same images as the task's test split they give the same brackets."""
+    import numpy as np
+    import pandas as pd
+
+    from trainers.tasks import load_task
+
+    import shutil
+
+    folder, path, first = finished
+    task = load_task("digits[5-9]")
+    np.savez(tmp_path / "target.npz", x=task.x_test.numpy(), y=task.y_test.numpy())
+    shutil.copytree(folder / "out", tmp_path / "out")
+    text = TINY.format(n=6) + 'data = { "digits[5-9]" = "target.npz" }\n'
+    study = parse_study(text, tmp_path / "study.toml")
+    stale = [(s.kind, s.label) for s in plan_study(study, tmp_path / "out") if not s.done()]
+    assert [k for k, _ in stale] == ["sweep", "sweep", "compare"]
+    assert all("digits[5-9]" in label for k, label in stale if k == "sweep")
+    result = run_study(study, tmp_path / "out")
+    redone = [s for s in result.steps if s.kind == "sweep" and s.ran]
+    assert len(redone) == 2
+    before = {s.label: s.folder for s in first.steps if s.kind == "sweep"}
+    for step in redone:
+        own = pd.read_parquet(step.folder / "results.parquet").sort_values("sample_id")
+        task_run = pd.read_parquet(before[step.label] / "results.parquet").sort_values("sample_id")
+        assert own["sample_id"].tolist() == task_run["sample_id"].tolist()
+        np.testing.assert_allclose(own["eps_lo"], task_run["eps_lo"], atol=1e-9)
+        assert own["task"].iloc[0] == "data:target.npz"
+
+
+def test_sweep_data_keys_are_checked_with_their_line(tmp_path: Path) -> None:
+    path = write_study(tmp_path)
+    for extra, message in (('data = { "digits[0-2]" = "x.npz" }', "not a target"),
+                           ('data = { "digits[5-9]" = "missing.npz" }', "does not exist"),
+                           ('data = { "digits[5-9]" = 3 }', "file or folder names")):
+        study = parse_study(TINY.format(n=6) + extra + "\n", path)
+        with pytest.raises(RobverifyError, match=message) as err:
+            plan_study(study, tmp_path / "out")
+        assert f"{path}:" in str(err.value)

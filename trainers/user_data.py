@@ -3,7 +3,8 @@
 Accepted: ``FILE.npz`` with arrays ``x`` (images) and ``y`` (integer labels); ``FILE.npy`` with images only (each
 sample is then checked against the model's own prediction on it: the robustness of the decision); a folder in
 the ImageFolder layout (``FOLDER/<class>/<image>``, classes in sorted order, PNG/JPEG/BMP/GIF read as RGB, or as
-grayscale when every image is). Images may be ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (channels last
+grayscale when every image is); VNN-LIB robustness properties (a ``.vnnlib[.gz]`` file, a benchmark's
+``instances.csv``, or a folder holding either), whose boxes embed the images (:mod:`trainers.property_data`). Images may be ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (channels last
 when the last axis has 1, 3 or 4 entries and the second does not); they are kept in their own value range, which
 ``--input-range`` states (default ``0,1``): eps and clipping are in that scale. Fitting the images to the model's
 input layout is :func:`robverify.ir.model.inputs_for`'s job.
@@ -96,10 +97,16 @@ def _read_folder(root: Path) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     return torch.from_numpy(np.ascontiguousarray(x)), y, classes
 
 
-def load_user_data(path: str | Path) -> UserData:
-    """Read ``--data`` (see the module docstring); a one-line :class:`RobverifyError` for anything unreadable."""
+def load_user_data(path: str | Path, domain: tuple[float, float] = (0.0, 1.0)) -> UserData:
+    """Read ``--data`` (see the module docstring); a one-line :class:`RobverifyError` for anything unreadable.
+    ``domain``: the input range (only VNN-LIB boxes need it, to undo their clipping)."""
+    from trainers.property_data import is_property_source, read_property_samples
+
     path = Path(path)
     name = f"data:{path.name}"
+    if path.exists() and is_property_source(path):
+        x, y, _ = read_property_samples(path, domain)
+        return UserData(x, y, (), name)
     if path.is_dir():
         x, y, classes = _read_folder(path)
         return UserData(x, y, classes, name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from robverify.errors import RobverifyError
 from robverify.runs.executors import ExecutorConfig
 
 Progress = Callable[[int], None]
+#: file name, in a run directory, of the model verified with --mean/--std (the user's model behind a normalisation)
+NORMALISED_MODEL = "model_normalised.onnx"
 
 
 @dataclass
@@ -69,13 +72,51 @@ def task_for(model: Path, task: str | None) -> str:
     return ModelCard.from_json(card).task
 
 
+@dataclass(frozen=True)
+class LoadedSamples:
+    """What :func:`load_samples` read: the samples, the model they are verified on (the normalised model with
+    ``--mean``/``--std``), how the images were fitted to its input, and the sha256 of ``x``."""
+
+    samples: Any  # robverify.runs.jobs.Samples
+    model: Any    # robverify.ir.model.LoadedModel
+    reshape: dict | None
+    digest: str
+
+
+def normalised_model(model: Any, image_shape: Sequence[int], mean: str | None, std: str | None) -> Any:
+    """``model`` with ``(x - mean) / std`` in front (:mod:`robverify.ir.normalise_input`), or ``model`` itself when
+    neither is given. ``mean`` / ``std``: the option texts, per channel of images ``image_shape``. The new ONNX file
+    lives in a folder removed when the process ends (a run directory keeps its own copy)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import torch
+
+    from robverify.ir.model import inputs_for, load_model
+    from robverify.ir.normalise_input import parse_channel_values, per_element, with_normalisation
+
+    means, stds = parse_channel_values(mean, "--mean"), parse_channel_values(std, "--std")
+    if means is None and stds is None:
+        return model
+    fitted = []
+    for values, what in ((means or (0.0,), "--mean"), (stds or (1.0,), "--std")):
+        full = torch.from_numpy(per_element(values, image_shape, what))[None]
+        fitted.append(inputs_for(model, full)[0][0].numpy())
+    folder = Path(tempfile.mkdtemp(prefix="robverify-normalised-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = with_normalisation(model.path, fitted[0], fitted[1], folder / model.path.name)
+    return load_model(path, model.graph.device, model.graph.dtype)
+
+
 def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Path | None, *,
-                 data: Path | None = None, input_range: str | None = None,
-                 at_most: bool = False) -> tuple[Any, dict | None, str]:
-    """The seeded test samples of ``task`` (or of the user's ``data`` file or folder: :mod:`trainers.user_data`),
-    fitted to the model input: ``(Samples, reshape record, sha256 of x)``. Unlabelled data is labelled by the
-    model's own predictions; ``input_range`` (``LO,HI``) is the range boxes are clipped to. ``at_most``: ``n``
-    is a cap (all samples when there are fewer), else exactly ``n`` are needed."""
+                 data: Path | None = None, input_range: str | None = None, mean: str | None = None,
+                 std: str | None = None, at_most: bool = False) -> LoadedSamples:
+    """The seeded test samples of ``task`` (or of the user's ``data``: :mod:`trainers.user_data`), fitted to the
+    model input, and the model to verify them on (``model`` with ``(x - mean) / std`` in front when ``mean`` /
+    ``std`` are given: :func:`normalised_model`). Unlabelled data is labelled by that model's own predictions;
+    ``input_range`` (``LO,HI``) is the range boxes are clipped to. ``at_most``: ``n`` is a cap (all samples when
+    there are fewer), else exactly ``n`` are needed."""
     import torch
 
     from robverify.ir.model import inputs_for
@@ -86,7 +127,7 @@ def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Pat
         raise RobverifyError("--task and --data exclude each other: the samples come from one of them")
     domain = parse_range(input_range)
     if data is not None:
-        user = load_user_data(data)
+        user = load_user_data(data, domain)
         x, y, sample_id = sample_data(user, min(n, int(user.x.shape[0])) if at_most else n, seed=seed)
         name, n_classes = user.name, max(len(user.classes), int(y.max()) + 1 if y is not None else 0)
     else:
@@ -97,6 +138,7 @@ def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Pat
         loaded = load_task(task, data_root=data_root, seed=seed)
         x, y, sample_id = sample_test(loaded, min(n, len(loaded.y_test)) if at_most else n, seed=seed)
         name, n_classes = str(loaded.task), loaded.n_classes
+    model = normalised_model(model, tuple(x.shape[1:]), mean, std)
     x, reshape = inputs_for(model, x)
     if model.graph.n_outputs < n_classes:
         raise RobverifyError(f"model has {model.graph.n_outputs} outputs, {name} has {n_classes} classes")
@@ -108,7 +150,7 @@ def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Pat
     if y is None:
         y = model.predict(x)
     digest = hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
-    return Samples(x, y, sample_id, name, model.graph.n_outputs, domain), reshape, digest
+    return LoadedSamples(Samples(x, y, sample_id, name, model.graph.n_outputs, domain), model, reshape, digest)
 
 
 def check_eps(values: Sequence[float]) -> None:
@@ -144,26 +186,30 @@ def method_and_backend(method: str, backend: str) -> tuple[str, str]:
 def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: int, seed: int,
             data_root: Path | None, device: str, method: str, backend: str, out: Path | None, batch_size: int,
             options: Any, settings: dict, data: Path | None = None, input_range: str | None = None,
-            executor: ExecutorConfig | None = None) -> Prepared:
+            mean: str | None = None, std: str | None = None, executor: ExecutorConfig | None = None) -> Prepared:
     """Load model and samples, build the backend, then open (or resume) the run directory of ``command``.
 
     ``settings`` are the command's own settings; with the common ones they make the run's fingerprint. run.json
     also records the verifier libraries (or external tool) the backend uses, as ``verifiers``
-    (:meth:`robverify.backends.Backend.provenance`; ``{}`` for the native engine).
+    (:meth:`robverify.backends.Backend.provenance`; ``{}`` for the native engine). With ``--mean``/``--std`` the
+    normalised model that is verified is kept in the run directory (:data:`NORMALISED_MODEL`).
     """
     from robverify.backends import AttackConfig, get_backend
     from robverify.ir.model import load_model
     from robverify.runs.rundir import RunDir
 
-    loaded = load_model(model, device)
     task = task if data is not None else task_for(model, task)
-    samples, reshape, digest = load_samples(loaded, task, n, seed, data_root, data=data, input_range=input_range)
+    read = load_samples(load_model(model, device), task, n, seed, data_root, data=data, input_range=input_range,
+                        mean=mean, std=std)
+    loaded, samples = read.model, read.samples
     engine = get_backend(backend)(loaded, method, batch_size=batch_size, attack=AttackConfig(seed=seed),
                                   options=options)
     out = out or Path("runs") / f"{command.split('-')[0]}-{loaded.name}-{method}"
     common = dict(task=samples.task, n=n, seed=seed, method=method, backend=backend)
     if data is not None or input_range is not None:
         common.update(data=None if data is None else str(data), input_range=list(samples.domain))
+    if mean is not None or std is not None:
+        common.update(mean=mean, std=std)
     settings = {**settings, **options.fingerprint()}
     arguments = dict(model=str(model), device=device, **common, **settings)
     if executor is not None and executor.name == "ray":  # connect first: a failure leaves no run directory
@@ -171,10 +217,16 @@ def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: i
 
         start_ray(executor.address, executor.workers)
     run = RunDir.open(out, command, arguments, dict(model_sha256=loaded.sha256, **common, **settings), key)
-    run.update(model_sha256=loaded.sha256, data_sha256=digest, input_reshape=reshape, verifiers=engine.provenance())
+    run.update(model_sha256=loaded.sha256, data_sha256=read.digest, input_reshape=read.reshape,
+               verifiers=engine.provenance())
+    verified = Path(model)
+    if loaded.path != verified:  # normalised: keep the model that is verified (Ray workers load it from here)
+        verified = out / NORMALISED_MODEL
+        shutil.copyfile(loaded.path, verified)
+        run.update(normalised_model=NORMALISED_MODEL)
     from robverify.runs.executors import BackendRecipe
 
-    recipe = BackendRecipe(str(Path(model).resolve()), device, backend, method, batch_size, seed, options)
+    recipe = BackendRecipe(str(verified.resolve()), device, backend, method, batch_size, seed, options)
     return Prepared(loaded, samples, engine, run, out, recipe=recipe, executor=executor or ExecutorConfig())
 
 
@@ -206,13 +258,15 @@ def _with_bar(prep: Prepared, console: Any, verb: str, job: Callable[[Progress],
 def prepare_certify(model: Path, *, eps: Sequence[float], task: str | None, n: int, method: str, backend: str,
                     out: Path | None, seed: int, device: str, data_root: Path | None, batch_size: int,
                     options: Any, data: Path | None = None, input_range: str | None = None,
+                    mean: str | None = None, std: str | None = None,
                     executor: ExecutorConfig | None = None) -> Prepared:
     """Check the certify settings and :func:`prepare` it."""
     check_eps(eps)
     method, backend = method_and_backend(method, backend)
     return prepare("certify", ["sample_id", "eps"], model, task=task, n=n, seed=seed, data_root=data_root,
                    device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
-                   settings=dict(eps=sorted(eps)), data=data, input_range=input_range, executor=executor)
+                   settings=dict(eps=sorted(eps)), data=data, input_range=input_range, mean=mean, std=std,
+                   executor=executor)
 
 
 def run_certify_job(prep: Prepared, eps: Sequence[float], progress: Progress | None = None) -> pd.DataFrame:
@@ -236,6 +290,7 @@ def certify(model: Path, *, eps: Sequence[float], console: Any = None, **kwargs:
 def prepare_sweep(model: Path, *, task: str | None, n: int, method: str, backend: str, settings: Any,
                   out: Path | None, seed: int, device: str, data_root: Path | None, batch_size: int,
                   options: Any, data: Path | None = None, input_range: str | None = None,
+                  mean: str | None = None, std: str | None = None,
                   executor: ExecutorConfig | None = None) -> Prepared:
     """Pick the epsilon search of ``backend``, let it check ``settings`` (a :class:`SweepSettings`), and
     :func:`prepare` the sweep (same fingerprint from the CLI and from a study)."""
@@ -246,7 +301,8 @@ def prepare_sweep(model: Path, *, task: str | None, n: int, method: str, backend
     search.check(settings, (executor or ExecutorConfig()).name)
     prep = prepare("sweep-epsilon", ["sample_id"], model, task=task, n=n, seed=seed, data_root=data_root,
                    device=device, method=method, backend=backend, out=out, batch_size=batch_size, options=options,
-                   settings=settings.fingerprint(), data=data, input_range=input_range, executor=executor)
+                   settings=settings.fingerprint(), data=data, input_range=input_range, mean=mean,
+                   std=std, executor=executor)
     prep.search = search
     return prep
 

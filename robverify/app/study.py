@@ -12,7 +12,8 @@ A study file (TOML; see ``examples/demo_study.toml``)::
     [study]     out (folder, relative to the study file), seed, device, data_root
     [source]    task, arch, method, eps, epochs, hyper = {...}      -- or model = "folder of robverify train"
     [transfer]  targets = [...], strategies = [...], epochs, blocks, eps, hyper = {...}
-    [sweep]     n, method, backend, tol, eps_max, grid, batch_size, include_source
+    [sweep]     n, method, backend, tol, eps_max, grid, batch_size, include_source,
+                data = {"<target task>" = "FILE or FOLDER", source = "..."}, input_range, mean, std
     [compare]   eps = [...], eps_ref, seed
 
 Unknown tables or keys are refused with the line they are on.
@@ -37,6 +38,8 @@ from robverify.files import atomic_write_text, file_sha256
 __all__ = ["DEMO_STUDY", "Step", "Study", "StudyResult", "load_study", "parse_study", "run_study"]
 
 STEP_JSON = "step.json"
+#: [sweep] keys of the user's own test data
+_DATA_KEYS = ("data", "input_range", "mean", "std")
 
 #: the embedded default study of ``robverify demo`` (examples/demo_study.toml holds the same text)
 DEMO_STUDY = """\
@@ -84,7 +87,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "transfer": {"targets": (list,), "strategies": (list,), "epochs": (int,), "blocks": (int,), "eps": (int, float),
                  "hyper": (dict,)},
     "sweep": {"n": (int,), "method": (str,), "backend": (str,), "tol": (int, float), "eps_max": (int, float),
-              "grid": (str,), "batch_size": (int,), "include_source": (bool,)},
+              "grid": (str,), "batch_size": (int,), "include_source": (bool,), "data": (dict,),
+              "input_range": (str,), "mean": (str,), "std": (str,)},
     "compare": {"eps": (list,), "eps_ref": (int, float), "seed": (int,)},
 }
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
@@ -97,7 +101,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                "task": None},
     "transfer": {"epochs": 2, "blocks": None, "eps": None, "hyper": {}},
     "sweep": {"n": 30, "method": "crown", "backend": "native", "tol": 1e-3, "eps_max": 0.3, "grid": None,
-              "batch_size": 256, "include_source": True},
+              "batch_size": 256, "include_source": True, "data": {}, "input_range": None, "mean": None,
+              "std": None},
     "compare": {"eps": None, "eps_ref": None, "seed": 0},
 }
 
@@ -287,17 +292,55 @@ class StudyResult:
                 f"report: {self.report.html.resolve()}"]
 
 
-def _sweep(model: Path, task: str | None, out: Path, study: Study, progress: Callable[[int], None]) -> None:
-    """What ``robverify sweep-epsilon`` does, with the study's settings (same run directory and fingerprint)."""
+def _sweep_data(study: Study, targets: list[str]) -> dict[str, Path]:
+    """``[sweep] data``: the user's test data per model, keyed by target task (as parsed) or ``source``; paths
+    relative to the study file. Keys that name no model of the study and files that do not exist are refused."""
+    from trainers.tasks import parse_task
+
+    where = study.where("sweep", "data")
+    out: dict[str, Path] = {}
+    for key, value in study["sweep"]["data"].items():
+        if not isinstance(value, str):
+            raise RobverifyError(f"{where}: [sweep] data values must be file or folder names, got {value!r}")
+        name = key
+        if key != "source":
+            try:
+                name = str(parse_task(key))
+            except RobverifyError as exc:
+                raise RobverifyError(f"{where}: [sweep] data: {exc}") from None
+            if name not in targets:
+                raise RobverifyError(f"{where}: [sweep] data names {key!r}, which is not a target of [transfer]")
+        path = Path(value) if Path(value).is_absolute() else study.path.parent / value
+        if not path.exists():
+            raise RobverifyError(f"{where}: [sweep] data for {key!r}: {path} does not exist")
+        out[name] = path
+    return out
+
+
+def _data_digest(path: Path) -> str:
+    """sha256 of a data file, or of a folder's files (names and contents), for the sweep step's cache key."""
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(path)).encode() + b"\0" + file_sha256(f).encode())
+    return digest.hexdigest()
+
+
+def _sweep(model: Path, task: str | None, out: Path, study: Study, progress: Callable[[int], None],
+           data: Path | None = None) -> None:
+    """What ``robverify sweep-epsilon`` does, with the study's settings (same run directory and fingerprint);
+    ``data``: the user's test data instead of the task's test split."""
     from robverify.app.commands import backend_options, prepare_sweep, run_sweep_job
     from robverify.runs.sweep import SweepSettings
 
     s, seed = study["sweep"], study["study"]["seed"]
     settings = SweepSettings.parse(float(s["tol"]), s["grid"] or None, float(s["eps_max"]))
     data_root = Path(study["study"]["data_root"]) if study["study"]["data_root"] else None
-    prep = prepare_sweep(model, task=task, n=s["n"], method=s["method"], backend=s["backend"], settings=settings,
-                         out=out, seed=seed, device=study["study"]["device"], data_root=data_root,
-                         batch_size=s["batch_size"], options=backend_options())
+    prep = prepare_sweep(model, task=None if data is not None else task, n=s["n"], method=s["method"],
+                         backend=s["backend"], settings=settings, out=out, seed=seed, device=study["study"]["device"],
+                         data_root=data_root, batch_size=s["batch_size"], options=backend_options(), data=data,
+                         input_range=s["input_range"], mean=s["mean"], std=s["std"])
     run_sweep_job(prep, settings, progress=progress)
 
 
@@ -372,12 +415,19 @@ def plan_study(study: Study, out: Path, progress: Callable[[int], None] = lambda
             models.append((step, task, f"{strategy} on {task}"))
 
     sweeps: list[Step] = []
+    own_data = _sweep_data(study, [str(parse_task(t)) for t in tr["targets"]])
     for model_step, task, name in models:
+        data = own_data.get("source" if model_step is source else str(task))
         inputs = {"kind": "sweep", "model": model_step.key, "task": task, "seed": seed,
-                  **{k: v for k, v in study["sweep"].items() if k not in ("include_source", "batch_size")}}
+                  **{k: v for k, v in study["sweep"].items() if k not in ("include_source", "batch_size")
+                     and k not in _DATA_KEYS}}
+        # the data settings enter the cache key only when set (studies without them keep their keys)
+        inputs.update({k: study["sweep"][k] for k in _DATA_KEYS if k != "data" and study["sweep"][k] is not None})
+        if data is not None:
+            inputs["data"] = _data_digest(data)
 
-        def sweep(step: Step, model_step: Step = model_step, task: str | None = task) -> None:
-            _sweep(model_step.folder / "model.onnx", task, step.folder, study, progress)
+        def sweep(step: Step, model_step: Step = model_step, task: str | None = task, data: Path | None = data) -> None:
+            _sweep(model_step.folder / "model.onnx", task, step.folder, study, progress, data)
 
         sweeps.append(Step("sweep", f"sweep {name}", inputs, out / "sweep" / f"{_slug(name)}-{_hash(inputs)}", sweep,
                            deps=[model_step]))
