@@ -37,7 +37,8 @@ VerifierCmdOpt = Annotated[Optional[str], typer.Option(
     "--verifier-cmd", help="VNN-COMP run_instance.sh of --backend external.")]
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="Own test data instead of --task: FILE.npz (arrays x, y), FILE.npy (images; labels = the model's "
-                   "predictions) or an image folder FOLDER/<class>/<image>.")]
+                   "predictions), an image folder FOLDER/<class>/<image>, or VNN-LIB robustness properties "
+                   "(.vnnlib, instances.csv, or a folder of them: the images of their boxes).")]
 InputRangeOpt = Annotated[Optional[str], typer.Option(
     "--input-range", help="LO,HI: the value range of the model input (default 0,1); eps and clipping are in it.")]
 MeanOpt = Annotated[Optional[str], typer.Option(
