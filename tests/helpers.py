@@ -172,6 +172,24 @@ def relu_mlp(seed: int, widths: tuple[int, ...] = (4, 8, 8, 3)) -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
+def image_cnn(seed: int) -> nn.Module:
+    """A seeded two-conv network on ``[N, 3, 6, 6]`` images with 3 classes."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(16, 3)).eval()
+
+
+class ChannelsLast(nn.Module):
+    """``net`` taking ``[N, H, W, C]`` instead of ``[N, C, H, W]`` (a transpose in front)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.permute(0, 3, 1, 2))
+
+
 def to_onnx(module: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Path:
     """Export ``module`` to ``path`` (robverify's exporter: opset 17, dynamic batch, onnxruntime parity)."""
     export_onnx(module, path, input_shape, n_parity=8, tol=1e-4)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import to_onnx
+from helpers import ChannelsLast, image_cnn, to_onnx
 from robverify.backends import get_backend
 from robverify.errors import RobverifyError
 from robverify.ir.model import inputs_for, load_model
@@ -16,26 +16,9 @@ from robverify.spec import robustness_spec
 pytestmark = pytest.mark.filterwarnings("ignore:Tensorflow parser")
 
 
-class ChannelsLast(nn.Module):
-    """The same network taking ``[N, H, W, C]``."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.permute(0, 3, 1, 2))
-
-
-def _cnn(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(16, 3)).eval()
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_channels_last_model_gives_the_verdicts_of_its_channels_first_twin(tmp_path, seed):
-    net = _cnn(seed)
+    net = image_cnn(seed)
     first = load_model(to_onnx(net, tmp_path / "nchw.onnx", (3, 6, 6)))
     last = load_model(to_onnx(ChannelsLast(net), tmp_path / "nhwc.onnx", (6, 6, 3)))
     x = torch.rand((12, 3, 6, 6), generator=torch.Generator().manual_seed(seed))

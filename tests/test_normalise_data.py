@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import to_onnx
+from helpers import ChannelsLast, image_cnn, to_onnx
 from robverify.app.commands import sweep_epsilon
 from robverify.backends import BackendOptions
 from robverify.errors import RobverifyError
@@ -32,21 +32,6 @@ MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.2, 0.3)
 CLI = [sys.executable, "-m", "robverify.cli"]
 
 
-def _body(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(16, 3)).eval()
-
-
-class ChannelsLast(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.permute(0, 3, 1, 2))
-
-
 def _sweep(model: Path, data: Path, out: Path, **extra) -> pd.DataFrame:
     _, table = sweep_epsilon(model, settings=SweepSettings.parse(1e-4, None, 1.0), task=None, n=10, method="crown",
                              backend="native", out=out, seed=0, device="cpu", data_root=None, batch_size=64,
@@ -58,7 +43,7 @@ def _sweep(model: Path, data: Path, out: Path, **extra) -> pd.DataFrame:
 def test_mean_std_outside_gives_the_brackets_of_the_model_with_the_layer_inside(tmp_path, seed):
     """A network without normalisation, verified with --mean/--std, against its twin whose first layer is the
     zoo's Normalize; also the channels-last twin of the bare network (mean/std follow the transpose)."""
-    body = _body(seed)
+    body = image_cnn(seed)
     inside = to_onnx(nn.Sequential(Normalize(MEAN, STD), body).eval(), tmp_path / "inside.onnx", (3, 6, 6))
     bare = to_onnx(body, tmp_path / "bare.onnx", (3, 6, 6))
     last = to_onnx(ChannelsLast(body).eval(), tmp_path / "last.onnx", (6, 6, 3))
@@ -83,7 +68,7 @@ def test_mean_std_outside_gives_the_brackets_of_the_model_with_the_layer_inside(
 
 
 def test_written_model_computes_the_normalised_network(tmp_path):
-    body = _body(3)
+    body = image_cnn(3)
     bare = to_onnx(body, tmp_path / "bare.onnx", (3, 6, 6))
     mean = per_element(MEAN, (3, 6, 6), "--mean")
     std = per_element(STD, (3, 6, 6), "--std")
@@ -103,7 +88,7 @@ def test_bad_mean_std_are_one_line_errors(tmp_path):
             parse_channel_values(text, what)
     with pytest.raises(RobverifyError, match="3 channel"):
         per_element((0.1, 0.2), (3, 4, 4), "--mean")
-    bare = to_onnx(_body(0), tmp_path / "bare.onnx", (3, 6, 6))
+    bare = to_onnx(image_cnn(0), tmp_path / "bare.onnx", (3, 6, 6))
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((4, 3, 6, 6), dtype=np.float32))
     for extra, message in ((["--mean", "0.1,0.2"], "channel"), (["--std", "-1"], "> 0")):
         done = subprocess.run([*CLI, "certify", str(bare), "--eps", "0.01", "--data", str(tmp_path / "x.npy"),
@@ -117,7 +102,7 @@ def test_bad_mean_std_are_one_line_errors(tmp_path):
 def test_exported_benchmark_read_back_as_data_gives_the_images_and_labels(tmp_path):
     """export-vnnlib writes boxes around images (clipped at 0 and 1); reading them back as --data recovers each
     image once (two radii per sample) and its label, for a CIFAR-shaped network."""
-    body = _body(5)
+    body = image_cnn(5)
     model = to_onnx(body, tmp_path / "cnn.onnx", (3, 6, 6))
     rng = np.random.default_rng(5)
     x = rng.random((30, 3, 6, 6), dtype=np.float32)
