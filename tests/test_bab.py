@@ -228,6 +228,33 @@ def test_bab_backend_decides_what_the_bound_leaves_open(tmp_path):
     assert len(backend.records) == int((~native).sum()) > 0
 
 
+def test_certify_table_says_how_each_verdict_was_decided(tmp_path):
+    """certify rows: ``bound`` where the bound is positive, ``attack`` / ``bab`` for re-checked counterexamples and
+    BaB proofs (with its domains and seconds), and the verdicts are those of native CROWN plus more decided ones."""
+    import numpy as np
+
+    from robverify.backends import BackendOptions, get_backend
+    from robverify.runs.jobs import Samples, certify_chunk
+
+    model = _model(tmp_path, "mlp", 0)
+    x = torch.rand((16, 4), generator=torch.Generator().manual_seed(21))
+    samples = Samples(x, model.predict(x), torch.arange(16), "random", 3)
+    bab = certify_chunk(get_backend("bab")(model, "crown", options=BackendOptions(timeout=5)), samples, run_id="r",
+                        eps=(0.1, 0.2))
+    native = certify_chunk(get_backend("native")(model, "crown"), samples, run_id="r", eps=(0.1, 0.2))
+    assert set(bab["decided_by"]) <= {"bound", "attack", "bab", "none"} and (bab["decided_by"] == "bab").any()
+    assert (bab.loc[bab["decided_by"] == "bound", "margin_lb"] > 0).all()
+    by_bab = bab["decided_by"] == "bab"
+    assert (bab.loc[by_bab, "domains"] > 0).all() and (bab.loc[by_bab, "bab_s"] > 0).all()
+    assert (bab.loc[~by_bab, "domains"] == 0).all()
+    assert (native["decided_by"] != "bab").all() and (native["domains"] == 0).all()
+    # same bound: the same bound-decided rows; bab only adds decisions
+    np.testing.assert_array_equal(bab["decided_by"] == "bound", native["decided_by"] == "bound")
+    assert (bab.loc[native["verdict"] == "verified", "verdict"] == "verified").all()
+    assert (bab.loc[native["verdict"] == "falsified", "verdict"] == "falsified").all()
+    assert (bab["verdict"] == "unknown").sum() < (native["verdict"] == "unknown").sum()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 @pytest.mark.parametrize("kind,mode", [("mlp-wide", "relu"), ("cnn", "relu"), ("mlp", "input")])

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from helpers import single_thread  # noqa: F401  (one thread, as the golden files were written)
 from robverify.cli import app
-from robverify.runs.schema import SWEEP_DECISION_COLUMNS
+from robverify.runs.schema import CERTIFY_DECISION_COLUMNS, SWEEP_DECISION_COLUMNS
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
@@ -70,8 +70,9 @@ def test_figures_are_byte_identical(outputs: Path, run: str) -> None:
 def test_tables_are_identical(outputs: Path, table: str) -> None:
     new = pd.read_csv(outputs / table)
     old = pd.read_csv(GOLDEN / table)
-    # the golden tables predate the sweep's decision columns (how each bracket end was decided, BaB effort)
+    # the golden tables predate the decision columns (how each verdict / bracket end was decided, BaB effort)
     added = set(SWEEP_DECISION_COLUMNS) if table == "sweep/results.csv" else set()
+    added |= set(CERTIFY_DECISION_COLUMNS) if table == "certify/results.csv" else set()
     assert [c for c in new.columns if c not in VOLATILE | added] == list(old.columns)
     new = new[list(old.columns)]
     if "margin_lb" in old:  # bounds: the same up to float32 rounding, verdicts exactly

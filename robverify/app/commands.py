@@ -198,9 +198,9 @@ def prepare(command: str, key: list[str], model: Path, *, task: str | None, n: i
     from robverify.ir.model import load_model
     from robverify.runs.rundir import RunDir
 
+    given = load_model(model, device)
     task = task if data is not None else task_for(model, task)
-    read = load_samples(load_model(model, device), task, n, seed, data_root, data=data, input_range=input_range,
-                        mean=mean, std=std)
+    read = load_samples(given, task, n, seed, data_root, data=data, input_range=input_range, mean=mean, std=std)
     loaded, samples = read.model, read.samples
     engine = get_backend(backend)(loaded, method, batch_size=batch_size, attack=AttackConfig(seed=seed),
                                   options=options)

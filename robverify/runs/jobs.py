@@ -3,6 +3,7 @@ as they finish, so an interrupted run resumes without recomputing or duplicating
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -67,31 +68,53 @@ def _drive(run: RunDir, executor: Executor, work: ChunkWork, chunks: list[Sample
     return run.finalize()
 
 
+def _certify_one_eps(backend: Backend, x: Tensor, label: Tensor, eps: float, samples: Samples) -> pd.DataFrame:
+    """Rows of correctly classified samples ``x`` [B, *in] at one ``eps``: the sound bound first, then a re-checked
+    attack on what it left open, then (deciding backends) branch and bound within ``backend.sample_budget`` seconds
+    on what is still open. Columns ``verdict``, ``margin_lb``, ``decided_by``, ``domains``, ``bab_s``."""
+    n = label.numel()
+    spec = robustness_spec(x, label, float(eps), samples.n_classes, samples.domain)
+    with backend.bounds_only() if backend.decides else contextlib.nullcontext():
+        result = backend.verify(spec)
+    verdict = [Verdict.VERIFIED if bool(v) else Verdict.UNKNOWN for v in result.verified]
+    by = ["bound" if m > 0 else "complete" if bool(v) else "none"
+          for v, m in zip(result.verified, result.margin_lb.tolist())]
+    domains = torch.zeros(n, dtype=torch.long)
+    seconds = torch.zeros(n, dtype=torch.float64)
+    open_ = (~result.verified).nonzero().squeeze(1)
+    if open_.numel():
+        found = backend.falsify(spec.select(open_.to(spec.x_lo.device)), x[open_]).falsified
+        for i in open_[found].tolist():
+            verdict[i], by[i] = Verdict.FALSIFIED, "attack"
+        open_ = open_[~found]
+    if backend.decides and open_.numel():
+        budget = torch.full((open_.numel(),), float(backend.sample_budget), dtype=torch.float64)
+        decision = backend.decide(spec.select(open_.to(spec.x_lo.device)), budget)
+        domains[open_], seconds[open_] = decision.domains.cpu(), decision.seconds.cpu()
+        for j, i in enumerate(open_.tolist()):
+            if decision.verdict[j] in (Verdict.VERIFIED, Verdict.FALSIFIED):
+                verdict[i], by[i] = decision.verdict[j], "bab"
+    return pd.DataFrame({"eps": float(eps), "verdict": [v.value for v in verdict],
+                         "margin_lb": result.margin_lb.numpy(), "decided_by": by, "domains": domains.numpy(),
+                         "bab_s": seconds.numpy()})
+
+
 def certify_chunk(backend: Backend, samples: Samples, *, run_id: str, eps: Sequence[float]) -> pd.DataFrame:
-    """The certify rows of one chunk of samples: a verdict per (sample, eps)."""
+    """The certify rows of one chunk of samples: a verdict per (sample, eps), and how it was decided
+    (:data:`robverify.runs.schema.CERTIFY_DECISION_COLUMNS`)."""
     start = time.perf_counter()
     x, label = samples.x, samples.label
     n = label.numel()
     pred = backend.model.predict(x)
-    correct = pred == label
+    ok = (pred == label).nonzero().squeeze(1)
     frames = []
     for e in eps:
-        verdict = [Verdict.MISCLASSIFIED.value] * n
-        margin = torch.full((n,), float("nan"), dtype=torch.float64)
-        ok = correct.nonzero().squeeze(1)
+        rows = pd.DataFrame({"eps": float(e), "verdict": [Verdict.MISCLASSIFIED.value] * n,
+                             "margin_lb": float("nan"), "decided_by": "none", "domains": 0, "bab_s": 0.0},
+                            index=range(n))
         if ok.numel():
-            spec = robustness_spec(x[ok], label[ok], float(e), samples.n_classes, samples.domain)
-            result = backend.verify(spec)
-            margin[ok] = result.margin_lb
-            open_ = (~result.verified).nonzero().squeeze(1)
-            falsified = torch.zeros(ok.numel(), dtype=torch.bool)
-            if open_.numel():
-                sub = spec.select(open_.to(spec.x_lo.device))
-                falsified[open_] = backend.falsify(sub, x[ok][open_]).falsified
-            for j, i in enumerate(ok.tolist()):
-                verdict[i] = (Verdict.VERIFIED if bool(result.verified[j]) else
-                              Verdict.FALSIFIED if bool(falsified[j]) else Verdict.UNKNOWN).value
-        frames.append(pd.DataFrame({"eps": float(e), "verdict": verdict, "margin_lb": margin.numpy()}))
+            rows.iloc[ok.tolist()] = _certify_one_eps(backend, x[ok], label[ok], float(e), samples).to_numpy()
+        frames.append(rows.astype({"eps": float, "margin_lb": float, "domains": "int64", "bab_s": float}))
     seconds = time.perf_counter() - start
     common = pd.DataFrame(_common(run_id, backend, samples, pred, seconds / max(len(eps), 1)))
     return pd.concat([pd.concat([common, f], axis=1) for f in frames], ignore_index=True)

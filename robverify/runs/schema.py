@@ -18,6 +18,7 @@ from robverify.errors import RobverifyError
 
 __all__ = [
     "CERTIFY_COLUMNS",
+    "CERTIFY_DECISION_COLUMNS",
     "COMMON_COLUMNS",
     "SWEEP_COLUMNS",
     "SWEEP_DECISION_COLUMNS",
@@ -37,6 +38,11 @@ SWEEP_COLUMNS: list[str] = COMMON_COLUMNS + ["eps_lo", "eps_hi", "status", "n_ca
 #: runs): how each end of the bracket was decided (``bound``, ``attack``, ``bab`` or ``none``; see
 #: :data:`robverify.runs.search.DECIDED_BY`) and the effort of branch and bound (domains bounded, seconds).
 SWEEP_DECISION_COLUMNS: list[str] = ["lo_by", "hi_by", "domains", "bab_s"]
+#: Written by ``certify`` after :data:`CERTIFY_COLUMNS`: how each verdict was decided (``bound``: the sound bound;
+#: ``attack``: a re-checked counterexample of the attack; ``bab``: robverify's branch and bound, a proof or a re-checked
+#: counterexample; ``complete``: a complete verifier behind the backend (Marabou, external, VERONA); ``none``: open or
+#: misclassified) and the effort of branch and bound (domains bounded, seconds).
+CERTIFY_DECISION_COLUMNS: list[str] = ["decided_by", "domains", "bab_s"]
 
 #: The verdict vocabulary (DESIGN.md); mirrors :class:`robverify.spec.Verdict`.
 VERDICTS: frozenset[str] = frozenset({"verified", "falsified", "unknown", "misclassified", "timeout", "error"})
