@@ -1,5 +1,6 @@
-"""The strategies report: data behind the figures, numbers recomputable from summary.csv, HTML in Chromium,
-and bad inputs of `robverify compare`."""
+"""The strategies report: data behind the figures, numbers recomputable from summary.csv, replicate runs,
+retention, correlations and the regression against independent computations, HTML in Chromium, and bad inputs of
+`robverify compare`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 from typer.testing import CliRunner
 
 from robverify.analysis.distribution import correctly_classified
@@ -24,6 +26,7 @@ from robverify.analysis.report import (
     report_blocks,
     task_slug,
 )
+from robverify.analysis.statistics import holm
 from robverify.analysis.strategy_plots import pareto_front
 from robverify.cli import app
 from robverify.errors import RobverifyError
@@ -33,6 +36,7 @@ from robverify.runs.rundir import RunDir
 
 TASKS = {"mnist5k[5-9]": 1.0, "mnist5k[5-9]+rot90": 0.5}  # target task -> similarity (logme)
 STRATEGIES = {"adv-ft": 0.04, "full-ft": 0.01, "linear-probe": 0.02}  # strategy -> median certified radius
+SOURCE_RADIUS = 0.05  # the source model's median certified radius
 N = 40
 
 
@@ -41,7 +45,7 @@ def sweep_table(strategy: str, task: str, ids: list[int], seed: int) -> pd.DataF
     fourth sample never falsified; samples with id % 7 == 3 misclassified."""
     rng = np.random.default_rng(seed)
     ids = np.asarray(ids)
-    lo = STRATEGIES[strategy] * TASKS[task] * rng.lognormal(0.0, 0.4, size=ids.size)
+    lo = STRATEGIES.get(strategy, SOURCE_RADIUS) * TASKS[task] * rng.lognormal(0.0, 0.4, size=ids.size)
     hi = np.where(ids % 4 == 0, np.inf, lo * 1.5)
     wrong = ids % 7 == 3
     return pd.DataFrame({
@@ -53,15 +57,21 @@ def sweep_table(strategy: str, task: str, ids: list[int], seed: int) -> pd.DataF
 
 
 def make_run(root: Path, strategy: str, task: str, ids: list[int], seed: int, train_time: float = 10.0,
-             search: dict | None = None) -> Path:
-    model_dir = root / "models" / f"{strategy}-{task_slug(task)}"
+             search: dict | None = None, card_seed: int | None = None) -> Path:
+    """A finished sweep run of a model with its card. ``card_seed``: the training seed of a replicate (the run
+    directory is suffixed with it); strategy ``source``: the source model (a card without strategy)."""
+    name = f"{strategy}-{task_slug(task)}" + ("" if card_seed is None else f"-s{card_seed}")
+    model_dir = root / "models" / name
     model_dir.mkdir(parents=True)
     (model_dir / "model.onnx").write_bytes(b"not read by compare")
-    ModelCard(architecture={"arch": "cnn-small"}, task=task, source_task="mnist5k[0-4]", strategy=strategy,
+    transferred = strategy != "source"
+    ModelCard(architecture={"arch": "cnn-small"}, task=task, source_task="mnist5k[0-4]" if transferred else None,
+              strategy=strategy if transferred else None, seed=card_seed or 0,
               training={"method": "pgd", "eps": 0.02}, eps=0.02, train_time_s=train_time,
-              similarity={"logme": TASKS[task], "label_overlap": 0.0, "cka": 0.5 + seed / 100}
+              # "cka": the representation-change CKA as older cards name it
+              similarity={"logme": TASKS[task], "label_overlap": 0.0, "cka": 0.5 + seed / 100} if transferred else {}
               ).to_json(model_dir / "model.json")
-    run_dir = root / "runs" / f"{strategy}-{task_slug(task)}"
+    run_dir = root / "runs" / name
     run = RunDir.open(run_dir, "sweep-epsilon", {"model": str(model_dir / "model.onnx"), "task": task},
                       {"task": task, "strategy": strategy, **(search or {})}, key=["sample_id"])
     run.commit(sweep_table(strategy, task, ids, seed))
@@ -81,6 +91,44 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
 def report(study):
     runs, root = study
     return compare_runs(runs, root / "report", seed=0)
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory):
+    """adv-ft trained with two seeds on both tasks, full-ft once, and the source model swept on mnist5k[5-9]."""
+    root = tmp_path_factory.mktemp("replicated")
+    runs = [make_run(root, "adv-ft", t, list(range(N)), seed=10 * j + k, card_seed=k, train_time=20.0 + k)
+            for j, t in enumerate(TASKS) for k in (0, 1)]
+    runs += [make_run(root, "full-ft", t, list(range(N)), seed=50 + j, train_time=8.0) for j, t in enumerate(TASKS)]
+    runs.append(make_run(root, "source", "mnist5k[5-9]", list(range(N)), seed=70, train_time=30.0))
+    return runs, compare_runs(runs, root / "report", seed=0)
+
+
+@pytest.fixture(params=["study", "replicated"])
+def any_report(request, report, replicated):
+    return report if request.param == "study" else replicated[1]
+
+
+def rows(summary: pd.DataFrame, section: str, measure: str, **keys: str) -> pd.DataFrame:
+    mask = (summary["section"] == section) & (summary["measure"] == measure)
+    for column, wanted in keys.items():
+        mask &= summary[column] == wanted
+    return summary[mask]
+
+
+def one(summary: pd.DataFrame, section: str, measure: str, **keys: str) -> pd.Series:
+    found = rows(summary, section, measure, **keys)
+    assert len(found) == 1, (section, measure, keys, len(found))
+    return found.iloc[0]
+
+
+def certified_radius(table: pd.DataFrame) -> pd.Series:
+    """Per sample_id: eps_lo if correctly classified, else 0."""
+    return pd.Series(np.where(table["pred"] == table["label"], table["eps_lo"], 0.0), index=table["sample_id"])
+
+
+def correct_median(table: pd.DataFrame) -> float:
+    return float(np.median(table.loc[table["pred"] == table["label"], "eps_lo"]))
 
 
 def robverify_cli(*args: object) -> subprocess.CompletedProcess:
@@ -163,12 +211,15 @@ def test_figures_are_written_as_png_and_svg(report) -> None:
 # numbers: summary.csv is the source of every number in report.md
 
 
-def test_report_md_is_recomputable_from_summary_csv(report) -> None:
+def test_report_md_is_recomputable_from_summary_csv(any_report) -> None:
+    report = any_report
     summary = read_summary(report.out / "summary.csv")
     assert render_markdown(report_blocks(summary)) == (report.out / "report.md").read_text()
+    assert {"regression", "cost", "strategy", "replicate", "representation"} <= set(summary["section"])
 
 
-def test_every_decimal_in_report_md_is_a_summary_number(report) -> None:
+def test_every_decimal_in_report_md_is_a_summary_number(any_report) -> None:
+    report = any_report
     summary = read_summary(report.out / "summary.csv")
     known = {fmt(v) for column in ("value", "ci_low", "ci_high", "eps") for v in summary[column].tolist()}
     known |= set(summary.loc[summary["section"] == "search", "versus"])  # how the runs were swept, as recorded
@@ -198,6 +249,156 @@ def test_summary_values_match_independent_computation(study, report) -> None:
     assert med["value"] == pytest.approx(np.median(a.loc[a["pred"] == a["label"], "eps_lo"]))
     text = (report.out / "report.md").read_text()
     assert f"On mnist5k[5-9], adv-ft keeps {fmt(row['value'])}x the median certified radius of full-ft" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# similarity, correlations, regression, cost
+
+
+def test_representation_change_is_apart_from_task_similarity(report) -> None:
+    """Old cards' ``cka`` is read as representation_change_cka, shown in its own section with its label, and
+    takes no part in the correlations or the regression."""
+    summary = report.summary
+    cka = summary[summary["section"] == "representation"]
+    assert set(cka["measure"]) == {"representation_change_cka"} and len(cka) == len(STRATEGIES) * len(TASKS)
+    expected = {(s, t): 0.5 + (i * 10 + j) / 100 for i, s in enumerate(STRATEGIES) for j, t in enumerate(TASKS)}
+    for _, r in cka.iterrows():
+        assert r["value"] == pytest.approx(expected[(r["strategy"], r["task"])])
+    assert "cka" not in set(summary.loc[summary["section"] == "similarity", "measure"])
+    assert not summary["versus"].isin(["cka", "representation_change_cka"]).any()
+    assert "representation_change_cka" not in report.figures["radius_vs_similarity"]
+    text = (report.out / "report.md").read_text()
+    assert "representation change (CKA between source and transferred features), not task similarity" in text
+
+
+def test_correlations_pool_per_task_and_are_holm_adjusted(study, report) -> None:
+    runs, _ = study
+    summary = report.summary
+    medians = {(s, t): correct_median(run_table(next(r for r in runs if r.name == f"{s}-{task_slug(t)}")))
+               for s in STRATEGIES for t in TASKS}
+    for strategy in STRATEGIES:
+        rho = one(summary, "correlation", "spearman_rho", strategy=strategy, versus="logme")
+        assert rho["n"] == len(TASKS) and math.isnan(rho["ci_low"])  # 2 points: no interval
+        assert rho["value"] == pytest.approx(
+            sps.spearmanr(list(TASKS.values()), [medians[(strategy, t)] for t in TASKS]).statistic)
+    pooled = one(summary, "correlation", "spearman_rho", strategy="all", versus="logme")
+    assert pooled["n"] == len(TASKS)  # one point per target task, not one per (strategy, task)
+    family = summary[summary["section"].isin(["correlation", "cost"]) & (summary["measure"] == "spearman_p")]
+    adjusted = summary[summary["section"].isin(["correlation", "cost"]) & (summary["measure"] == "spearman_p_holm")]
+    np.testing.assert_array_equal(adjusted[["section", "strategy", "versus"]].to_numpy(),
+                                  family[["section", "strategy", "versus"]].to_numpy())
+    np.testing.assert_allclose(adjusted["value"].to_numpy(), holm(family["value"].to_numpy()), equal_nan=True)
+    assert "too few points for an interval" in (report.out / "report.md").read_text()
+
+
+def test_pooled_correlation_averages_strategies_per_task() -> None:
+    from robverify.analysis.summary import _correlation_rows
+
+    tasks = [f"t{i}" for i in range(5)]
+    x = np.array([0.1, 0.4, 0.2, 0.9, 0.5])
+    radius = {"a": [1.0, 4.0, 3.0, 5.0, 2.0], "b": [2.0, 1.0, 0.5, 3.0, 4.0]}
+    summary = pd.DataFrame(
+        [{"section": "radius", "strategy": s, "task": t, "measure": "eps_lo_q50", "value": radius[s][i]}
+         for s in radius for i, t in enumerate(tasks)]
+        + [{"section": "similarity", "strategy": s, "task": t, "measure": "m", "value": x[i]}
+           for s in radius for i, t in enumerate(tasks)])
+    got = {(r["strategy"], r["measure"]): r for r in _correlation_rows(summary)}
+    means = (np.array(radius["a"]) + np.array(radius["b"])) / 2
+    assert got[("all", "spearman_rho")]["n"] == 5
+    assert got[("all", "spearman_rho")]["value"] == pytest.approx(sps.spearmanr(x, means).statistic)
+    assert got[("all", "spearman_p")]["value"] == pytest.approx(sps.spearmanr(x, means).pvalue)
+
+
+def test_regression_of_log_radius_on_similarity_and_strategy(study, report) -> None:
+    """Three strategies on two tasks: the fit is saturated, so each strategy's slope is the line through its two
+    points and its intercept that line at x = 0; no residual degrees of freedom, no interval."""
+    runs, _ = study
+    summary = report.summary
+    log_median = {(s, t): math.log(correct_median(run_table(next(r for r in runs if r.name == f"{s}-{task_slug(t)}"))))
+                  for s in STRATEGIES for t in TASKS}
+    (t1, x1), (t2, x2) = TASKS.items()
+    slope = {s: (log_median[(s, t1)] - log_median[(s, t2)]) / (x1 - x2) for s in STRATEGIES}
+    for s in STRATEGIES:
+        row = one(summary, "regression", f"slope_of[{s}]", strategy=s, versus="logme")
+        assert row["value"] == pytest.approx(slope[s]) and math.isnan(row["ci_low"]) and row["n"] == 6
+    reference = sorted(STRATEGIES)[0]
+    assert one(summary, "regression", "intercept")["value"] == pytest.approx(log_median[(reference, t1)]
+                                                                             - slope[reference] * x1)
+    assert one(summary, "regression", "slope:strategy[full-ft]")["value"] == pytest.approx(
+        slope["full-ft"] - slope[reference])
+    assert one(summary, "regression", "n_tasks")["value"] == 2
+    assert one(summary, "regression", "ci_cluster_bootstrap")["value"] == 0
+    text = (report.out / "report.md").read_text()
+    assert "OLS t-intervals (fewer than 8 target tasks" in text and "slope_of[adv-ft]" in text
+
+
+def test_cost_correlation_and_its_figure(study, report) -> None:
+    runs, _ = study
+    summary = report.summary
+    time = {s: 5.0 * (i + 1) for i, s in enumerate(STRATEGIES)}
+    pairs = [(time[s], correct_median(run_table(next(r for r in runs if r.name == f"{s}-{task_slug(t)}"))))
+             for s in STRATEGIES for t in TASKS]
+    rho = one(summary, "cost", "spearman_rho", versus="train_time_s")
+    expected = sps.spearmanr(*zip(*pairs))
+    assert rho["value"] == pytest.approx(expected.statistic) and rho["n"] == len(pairs)
+    assert one(summary, "cost", "spearman_p")["value"] == pytest.approx(expected.pvalue)
+    drawn = report.figures["cost_vs_radius"]
+    assert sorted(drawn) == sorted(STRATEGIES)
+    for strategy, data in drawn.items():
+        assert data["x"].tolist() == [time[strategy]] * len(TASKS)
+        assert sorted(data["y"]) == pytest.approx(sorted(m for (t_, m) in pairs if t_ == time[strategy]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# replicate runs (training seeds) and retention
+
+
+def test_replicates_are_loaded_and_aggregated_over_tasks_as_clusters(replicated) -> None:
+    runs, report = replicated
+    summary = report.summary
+    tables = {r.name: run_table(r) for r in runs}
+    assert one(summary, "entry", "n_replicates", strategy="adv-ft", task="mnist5k[5-9]")["value"] == 2
+    assert one(summary, "entry", "n", strategy="adv-ft", task="mnist5k[5-9]")["value"] == 2 * N  # pooled samples
+    per_task = []
+    for t in TASKS:
+        replicate_medians = []
+        for k in (0, 1):
+            median = correct_median(tables[f"adv-ft-{task_slug(t)}-s{k}"])
+            row = one(summary, "replicate", "eps_lo_q50", strategy="adv-ft", task=t, versus=str(k))
+            assert row["value"] == pytest.approx(median)
+            replicate_medians.append(median)
+        per_task.append(np.mean(replicate_medians))
+    aggregate = one(summary, "strategy", "eps_lo_q50_mean", strategy="adv-ft")
+    assert aggregate["value"] == pytest.approx(np.mean(per_task)) and aggregate["n"] == len(TASKS)
+    assert aggregate["ci_low"] <= aggregate["value"] <= aggregate["ci_high"]
+    assert one(summary, "strategy", "n_runs", strategy="adv-ft")["value"] == 4
+    train = one(summary, "entry", "train_time_s", strategy="adv-ft", task="mnist5k[5-9]")
+    assert train["value"] == pytest.approx(20.5)  # the mean over the replicates
+
+
+def test_pairwise_and_retention_use_the_per_sample_mean_over_replicates(replicated) -> None:
+    runs, report = replicated
+    summary = report.summary
+    tables = {r.name: run_table(r) for r in runs}
+    adv = (certified_radius(tables["adv-ft-mnist5k-5-9-s0"]) + certified_radius(tables["adv-ft-mnist5k-5-9-s1"])) / 2
+    source = certified_radius(tables["source-mnist5k-5-9"])
+    full = certified_radius(tables["full-ft-mnist5k-5-9"])
+    pair = one(summary, "pairwise", "median_a", strategy="adv-ft", task="mnist5k[5-9]", versus="full-ft")
+    assert pair["value"] == pytest.approx(np.median(adv))
+    for strategy, radius in (("adv-ft", adv), ("full-ft", full)):
+        kept = one(summary, "retention", "retention", strategy=strategy, task="mnist5k[5-9]", versus="source")
+        assert kept["value"] == pytest.approx(np.median(radius) / np.median(source)) and kept["n"] == N
+        assert kept["ci_low"] <= kept["value"] <= kept["ci_high"]
+    assert rows(summary, "retention", "retention", task="mnist5k[5-9]+rot90").empty  # no source run there
+    text = (report.out / "report.md").read_text()
+    assert "Retention of the source model's certified radius" in text
+
+
+def test_runs_of_one_entry_with_the_same_training_seed_are_refused(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", "adv-ft", "mnist5k[5-9]", list(range(N)), seed=1, card_seed=3)
+    b = make_run(tmp_path / "b", "adv-ft", "mnist5k[5-9]", list(range(N)), seed=2, card_seed=3)
+    with pytest.raises(RobverifyError, match="training seed 3"):
+        compare_runs([a, b], tmp_path / "report")
 
 
 def test_headline_table(report) -> None:

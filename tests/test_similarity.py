@@ -10,7 +10,9 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
+from robverify.analysis import runs
 from robverify.analysis.similarity import (
+    REPRESENTATION_CHANGE,
     features_of,
     gbc,
     hscore,
@@ -162,12 +164,16 @@ def test_transfer_similarity_orders_tasks(trained_source) -> None:
     noise = _data(torch.rand(200, 1, 6, 6, generator=gen), torch.randint(0, 2, (200,), generator=gen), ("c", "d"))
     near = transfer_similarity(model, model, source, same, seed=0)
     far = transfer_similarity(model, model, source, noise, seed=0)
-    assert set(near) == {"logme", "hscore", "leep", "gbc", "cka", "label_overlap", "ot_distance"}
+    assert set(near) == {"logme", "hscore", "leep", "gbc", REPRESENTATION_CHANGE, "label_overlap", "ot_distance",
+                         "otdd"}
     assert all(math.isfinite(v) for v in (*near.values(), *far.values()))
     for key in ("logme", "hscore", "leep", "gbc", "label_overlap"):
         assert near[key] > far[key], key
     assert near["ot_distance"] < far["ot_distance"]
-    assert near["cka"] == pytest.approx(1.0)  # the "transferred" model is the source itself
+    assert near["otdd"] == pytest.approx(0.0, abs=1e-6)  # the same labelled samples, in another order
+    assert far["otdd"] > 0.1
+    assert near[REPRESENTATION_CHANGE] == pytest.approx(1.0)  # the "transferred" model is the source itself
+    assert REPRESENTATION_CHANGE == runs.REPRESENTATION_CHANGE  # the key the report reads apart
     assert transfer_similarity(model, model, source, same, seed=0) == near  # recomputable: same seed, same scores
 
 

@@ -22,12 +22,21 @@ from robverify.analysis.render import FIGURES, Block, render_html, render_markdo
 from robverify.analysis.distribution import certified_accuracy_curve
 from robverify.analysis.runs import SEARCH_SETTINGS, load_study_runs, runs_frame, study_table
 from robverify.analysis.strategy_plots import (
+    plot_cost_vs_radius,
     plot_pareto,
     plot_radius_by_strategy,
     plot_radius_vs_similarity,
     plot_training_cost,
 )
-from robverify.analysis.summary import ALL_STRATEGIES, SUMMARY_COLUMNS, build_summary, entry_points, reference_eps, value
+from robverify.analysis.summary import (
+    ALL_STRATEGIES,
+    SUMMARY_COLUMNS,
+    build_summary,
+    entry_points,
+    primary_similarity,
+    reference_eps,
+    value,
+)
 from robverify.errors import RobverifyError
 from robverify.files import atomic_write_text
 
@@ -38,8 +47,10 @@ SUMMARY_CSV, REPORT_MD, REPORT_HTML = "summary.csv", "report.md", "report.html"
 #: strategy used as the reference in the conclusions when present (plain fine-tuning)
 BASELINE = "full-ft"
 ALPHA = 0.05
-#: the similarity measure the conclusions quote, in order of preference (all measures are in the tables)
-PRIMARY_SIMILARITY = ("logme", "leep", "hscore", "gbc", "ot_distance", "cka", "label_overlap")
+#: fewest points for a Spearman interval (:func:`robverify.analysis.statistics.spearman`)
+MIN_CORRELATION_POINTS = 4
+#: how the report names the representation-change measure wherever it shows it
+REPRESENTATION_LABEL = "representation change (CKA between source and transferred features), not task similarity"
 
 
 def fmt(v: float | None) -> str:
@@ -151,26 +162,42 @@ def _accuracy_sentence(summary: pd.DataFrame, task: str) -> str | None:
             f"(certified {fmt(cert[best_clean])}).")
 
 
+def _rho_interval(rho: pd.Series) -> str:
+    """``rho [lo, hi]``, or the flag of a correlation over too few points for an interval."""
+    if math.isnan(rho["ci_low"]) and not math.isnan(rho["value"]) and rho["n"] < MIN_CORRELATION_POINTS:
+        return f"{fmt(rho['value'])} (too few points for an interval: n < {MIN_CORRELATION_POINTS})"
+    return _ci(rho)
+
+
 def _correlation_sentences(summary: pd.DataFrame) -> list[str]:
     """One sentence per strategy (pooled first) for the primary similarity measure, chosen before looking at the
-    correlations (:data:`PRIMARY_SIMILARITY` where present) so that no measure is picked for its result."""
+    correlations (:data:`robverify.analysis.summary.PRIMARY_SIMILARITY` where present) so that no measure is picked
+    for its result."""
     rows = summary[(summary["section"] == "correlation") & (summary["measure"] == "spearman_rho")]
-    measures = sorted(rows["versus"].dropna().unique())
-    if not measures:
+    primary = primary_similarity(rows["versus"].dropna().unique())
+    if primary is None:
         return []
-    primary = next((m for m in PRIMARY_SIMILARITY if m in measures), measures[0])
     out = []
     for strategy in sorted(rows["strategy"].unique(), key=lambda s: (s != ALL_STRATEGIES, s)):
         rho = value(summary, "correlation", "spearman_rho", strategy=strategy, versus=primary)
         if rho is None or math.isnan(rho["value"]):
             continue
-        p = value(summary, "correlation", "spearman_p", strategy=strategy, versus=primary)
-        who = "all strategies pooled" if strategy == ALL_STRATEGIES else strategy
-        interval = ("too few targets for an interval" if math.isnan(rho["ci_low"])
+        p = value(summary, "correlation", "spearman_p_holm", strategy=strategy, versus=primary)
+        who = ("all strategies pooled, one point per target task" if strategy == ALL_STRATEGIES else strategy)
+        interval = (f"too few points for an interval: n < {MIN_CORRELATION_POINTS}" if math.isnan(rho["ci_low"])
                     else f"95% CI [{fmt(rho['ci_low'])}, {fmt(rho['ci_high'])}]")
         out.append(f"Median certified radius vs {primary} ({who}, {int(rho['n'])} targets): Spearman rho = "
-                   f"{fmt(rho['value'])} ({interval}, p = {fmt(_v(p))}).")
+                   f"{fmt(rho['value'])} ({interval}, Holm-adjusted p = {fmt(_v(p))}).")
     return out
+
+
+def _cost_sentence(summary: pd.DataFrame) -> str | None:
+    rho = value(summary, "cost", "spearman_rho")
+    if rho is None or math.isnan(rho["value"]):
+        return None
+    p = value(summary, "cost", "spearman_p_holm")
+    return (f"Training time vs median certified radius across {int(rho['n'])} entries: Spearman rho = "
+            f"{_rho_interval(rho)}, Holm-adjusted p = {fmt(_v(p))}.")
 
 
 def _lognormal_sentence(summary: pd.DataFrame) -> str | None:
@@ -206,7 +233,7 @@ def conclusions(summary: pd.DataFrame) -> list[str]:
         if sentence:
             out.append(sentence)
     out += _correlation_sentences(summary)
-    for sentence in (_lognormal_sentence(summary), _gap_sentence(summary)):
+    for sentence in (_cost_sentence(summary), _lognormal_sentence(summary), _gap_sentence(summary)):
         if sentence:
             out.append(sentence)
     return out
@@ -260,22 +287,77 @@ def _pairwise_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _correlation_table(summary: pd.DataFrame) -> pd.DataFrame:
-    rho = summary[(summary["section"] == "correlation") & (summary["measure"] == "spearman_rho")]
+def _correlation_table(summary: pd.DataFrame, section: str = "correlation") -> pd.DataFrame:
+    rho = summary[(summary["section"] == section) & (summary["measure"] == "spearman_rho")]
     rows = []
     for _, r in rho.iterrows():
-        p = value(summary, "correlation", "spearman_p", strategy=r["strategy"], versus=r["versus"])
-        rows.append({"strategy": r["strategy"], "similarity": r["versus"], "n": str(int(r["n"])),
-                     "Spearman rho [95% CI]": _ci(r), "p": fmt(_v(p))})
+        keys = dict(strategy=r["strategy"], versus=r["versus"])
+        who = f"{ALL_STRATEGIES} (task means)" if r["strategy"] == ALL_STRATEGIES and section == "correlation" \
+            else r["strategy"]
+        rows.append({"strategy": who, "vs": r["versus"], "n": str(int(r["n"])),
+                     "Spearman rho [95% CI]": _rho_interval(r),
+                     "p": fmt(_v(value(summary, section, "spearman_p", **keys))),
+                     "p (Holm)": fmt(_v(value(summary, section, "spearman_p_holm", **keys)))})
     return pd.DataFrame(rows)
 
 
-def _similarity_table(summary: pd.DataFrame) -> pd.DataFrame:
-    sim = summary[summary["section"] == "similarity"]
-    if sim.empty:
+def _wide_table(summary: pd.DataFrame, section: str) -> pd.DataFrame:
+    """Per (task, strategy) the section's values, one column per measure."""
+    part = summary[summary["section"] == section]
+    if part.empty:
         return pd.DataFrame()
-    wide = sim.pivot_table(index=["task", "strategy"], columns="measure", values="value", aggfunc="first")
+    wide = part.pivot_table(index=["task", "strategy"], columns="measure", values="value", aggfunc="first")
     return wide.apply(lambda col: col.map(fmt)).reset_index().rename_axis(columns=None)
+
+
+def _similarity_table(summary: pd.DataFrame) -> pd.DataFrame:
+    return _wide_table(summary, "similarity")
+
+
+def _strategy_table(summary: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, r in summary[(summary["section"] == "strategy") & (summary["measure"] == "eps_lo_q50_mean")].iterrows():
+        rows.append({"strategy": r["strategy"], "target tasks": str(int(r["n"])),
+                     "runs": _count(value(summary, "strategy", "n_runs", strategy=r["strategy"])),
+                     "mean over tasks of median eps_lo [95% CI]": _ci(r)})
+    return pd.DataFrame(rows)
+
+
+def _retention_table(summary: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, r in summary[(summary["section"] == "retention") & (summary["measure"] == "retention")].iterrows():
+        keys = dict(strategy=r["strategy"], task=r["task"])
+        rows.append({"task": r["task"], "strategy": r["strategy"], "shared samples": str(int(r["n"])),
+                     "median transfer": fmt(_v(value(summary, "retention", "median_transfer", **keys))),
+                     "median source": fmt(_v(value(summary, "retention", "median_source", **keys))),
+                     "retention [95% CI]": _ci(r)})
+    return pd.DataFrame(rows)
+
+
+def _regression_blocks(summary: pd.DataFrame) -> list[Block]:
+    """The regression's model, how its intervals were made, and its coefficients."""
+    reg = summary[summary["section"] == "regression"]
+    method = value(summary, "regression", "ci_cluster_bootstrap")
+    if reg.empty or method is None:
+        return []
+    measure = method["versus"]
+    n_tasks = _count(value(summary, "regression", "n_tasks"))
+    n_runs = _count(value(summary, "regression", "n_runs"))
+    minimum = _count(value(summary, "settings", "regression_min_tasks"))
+    how = ("Intervals: cluster bootstrap over target tasks (tasks resampled, then replicate runs within each "
+           "strategy on a task)." if _v(method) == 1 else
+           f"Intervals: OLS t-intervals (fewer than {minimum} target tasks for a cluster bootstrap; they treat the "
+           f"entries as independent), n/a where the fit leaves no residual degrees of freedom.")
+    text = (f"Least squares of log(median eps_lo) per run on {measure} with a strategy factor and strategy-specific "
+            f"slopes, treatment-coded against {method['strategy']}: log r = intercept + strategy[s] + (slope + "
+            f"slope:strategy[s]) x {measure}; slope_of[s] is strategy s's own slope. Replicates are averaged per "
+            f"(strategy, task) and runs with a zero median are left out: {int(method['n'])} entries, {n_runs} runs, "
+            f"{n_tasks} target tasks. {how}")
+    coefficients = reg[~reg["measure"].isin(["n_tasks", "n_runs", "ci_cluster_bootstrap"])]
+    table = pd.DataFrame([{"coefficient": r["measure"], "strategy": r["strategy"], "estimate [95% CI]": _ci(r)}
+                          for _, r in coefficients.iterrows()])
+    return [Block("h2", f"Regression of the certified radius on {measure} and strategy"), Block("p", text),
+            Block("table", table=table)]
 
 
 def _search_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -317,7 +399,7 @@ def figure_names(summary: pd.DataFrame) -> list[str]:
     if (summary["section"] == "similarity").any():
         names.append("radius_vs_similarity")
     if value(summary, "entry", "train_time_s") is not None:
-        names.append("training_cost")
+        names += ["training_cost", "cost_vs_radius"]
     return names
 
 
@@ -330,6 +412,7 @@ _CAPTIONS = {
     "radius_vs_similarity": "Median certified radius vs each task-similarity measure, least-squares line per "
                             "strategy.",
     "training_cost": "Training time per strategy and target task (model cards).",
+    "cost_vs_radius": "Training time vs median certified radius, one point per (strategy, task).",
 }
 
 
@@ -367,13 +450,22 @@ def report_blocks(summary: pd.DataFrame) -> list[Block]:
                    Block("p", "Wilcoxon signed-rank test of the certified radius per sample, Holm-adjusted over all "
                               "pairs; effect = matched-pairs rank-biserial correlation (> 0: a larger)."),
                    Block("table", table=pairwise)]
-    similarity = _similarity_table(summary)
-    if not similarity.empty:
-        blocks += [Block("h2", "Task similarity and certified radius"), Block("table", table=similarity)]
-        correlation = _correlation_table(summary)
-        if not correlation.empty:
-            blocks.append(Block("table", table=correlation))
-        blocks.append(Block("figure", _caption("radius_vs_similarity", summary), figure="radius_vs_similarity"))
+    retention = _retention_table(summary)
+    if not retention.empty:
+        blocks += [Block("h2", "Retention of the source model's certified radius"),
+                   Block("p", "Median certified radius of the transferred model over that of the source model swept "
+                              "on the same target task, on their shared samples (paired bootstrap interval). "
+                              "Entries without a source run on their task have no row."),
+                   Block("table", table=retention)]
+    strategy_table = _strategy_table(summary)
+    if not strategy_table.empty:
+        blocks += [Block("h2", "Per strategy over target tasks"),
+                   Block("p", "Mean over target tasks of the median certified radius (replicate runs averaged within "
+                              "a task); intervals by a two-stage cluster bootstrap: target tasks, then the replicate "
+                              "runs within each."),
+                   Block("table", table=strategy_table)]
+    blocks += _similarity_blocks(summary)
+    blocks += _regression_blocks(summary)
     blocks += [Block("h2", "Log-normal fit of the certified radius"), Block("table", table=_lognormal_table(summary))]
     search = _search_table(summary)
     if not search.empty:
@@ -387,6 +479,39 @@ def report_blocks(summary: pd.DataFrame) -> list[Block]:
     if "training_cost" in names:
         blocks += [Block("h2", "Training cost"),
                    Block("figure", _caption("training_cost", summary), figure="training_cost")]
+        cost = _correlation_table(summary, "cost")
+        if not cost.empty:
+            blocks += [Block("p", "Spearman correlation of training time and median certified radius across entries "
+                                  "(p Holm-adjusted with the task-similarity correlations)."),
+                       Block("table", table=cost)]
+        blocks.append(Block("figure", _caption("cost_vs_radius", summary), figure="cost_vs_radius"))
+    return blocks
+
+
+def _similarity_blocks(summary: pd.DataFrame) -> list[Block]:
+    """Task similarity vs certified radius, then the representation change, labelled apart."""
+    blocks: list[Block] = []
+    similarity = _similarity_table(summary)
+    if not similarity.empty:
+        blocks += [Block("h2", "Task similarity and certified radius"), Block("table", table=similarity)]
+        correlation = _correlation_table(summary)
+        if not correlation.empty:
+            blocks += [Block("p", f"Spearman correlation of each task-similarity measure with the median certified "
+                                  f"radius over a strategy's target tasks; {ALL_STRATEGIES} (task means): one point "
+                                  f"per target task, measure and radius averaged over the strategies on it, so that "
+                                  f"a task's strategies do not count as independent targets. p (Holm): adjusted over "
+                                  f"every correlation of this report. Fewer than {MIN_CORRELATION_POINTS} points: "
+                                  f"no interval (too few points)."),
+                       Block("table", table=correlation)]
+        blocks.append(Block("figure", _caption("radius_vs_similarity", summary), figure="radius_vs_similarity"))
+    representation = _wide_table(summary, "representation")
+    if not representation.empty:
+        blocks += [Block("h2", "Representation change"),
+                   Block("p", f"representation_change_cka: {REPRESENTATION_LABEL}. It compares the source model's "
+                              f"features of the target samples with the transferred model's (1 for a linear probe, "
+                              f"which keeps the source features): an outcome of the strategy, so it is neither "
+                              f"correlated with the radius as a task similarity nor used in the regression."),
+                   Block("table", table=representation)]
     return blocks
 
 
@@ -437,6 +562,7 @@ def draw_figures(table: pd.DataFrame, summary: pd.DataFrame, figures_dir: Path) 
             points.rename(columns={"eps_lo_q50": "median_eps_lo"}), measures, figures_dir)
     if "train_time_s" in points and points["train_time_s"].notna().any():
         drawn["training_cost"] = plot_training_cost(points, figures_dir)
+        drawn["cost_vs_radius"] = plot_cost_vs_radius(points, figures_dir)
     return drawn
 
 

@@ -1,17 +1,23 @@
 """Task similarity between a source model's task and a target task, from the source model's features.
 
 Measures on plain arrays (``features`` [N, D] float, ``labels`` [N] int in 0..K-1), each a transferability score
-where higher means "the source features suit the target labels better", except :func:`ot_distance` (lower =
-closer) and :func:`label_overlap` (a set ratio):
+where higher means "the source features suit the target labels better", except :func:`ot_distance` and
+:func:`otdd` (lower = closer) and :func:`label_overlap` (a set ratio):
 
 - :func:`logme` — the log marginal evidence of a Bayesian linear model per one-hot label column (You et al. 2021),
   maximised over its two precisions by the usual fixed point, divided by N and averaged over classes.
 - :func:`hscore` — ``tr(cov(f)^+ cov(E[f | y]))`` (Bao et al. 2019).
 - :func:`leep` — log expected empirical prediction of the source head's softmax (Nguyen et al. 2020).
 - :func:`gbc` — minus the summed Bhattacharyya coefficients between per-class diagonal Gaussians (Pandy et al. 2022).
-- :func:`linear_cka` — linear centred kernel alignment between two representations of the same samples.
+- :func:`linear_cka` — linear centred kernel alignment between two representations of the same samples. In
+  :func:`transfer_similarity` it compares the source and the *transferred* model's features of the target samples
+  (key ``representation_change_cka``): how much the strategy changed the representation, an outcome of the
+  strategy and not a similarity of the tasks (it is 1 for a linear probe).
 - :func:`label_overlap` — Jaccard overlap of the class-name sets.
-- :func:`ot_distance` — the exact 2-Wasserstein distance between two feature clouds (POT's ``emd2``).
+- :func:`ot_distance` — the exact 2-Wasserstein distance between two feature clouds (POT's ``emd2``); label-blind.
+- :func:`otdd` — the optimal-transport dataset distance (Alvarez-Melis & Fusi 2020): exact OT between two
+  *labelled* datasets whose ground cost adds to the feature distance the 2-Wasserstein distance between the
+  class-conditional feature distributions (diagonal-Gaussian closed form).
 
 :func:`transfer_similarity` computes all of them for a (source model, transferred model, source data, target data)
 quadruple; the trainer stores its result in the transferred model's card.
@@ -31,7 +37,11 @@ from robverify.errors import RobverifyError
 
 __all__ = [
     "MAX_SAMPLES",
+    "OT_SAMPLES",
+    "REPRESENTATION_CHANGE",
+    "class_gaussians",
     "features_of",
+    "gaussian_w2_diag",
     "gbc",
     "hscore",
     "label_overlap",
@@ -40,6 +50,7 @@ __all__ = [
     "logme",
     "logme_evidence",
     "ot_distance",
+    "otdd",
     "transfer_similarity",
 ]
 
@@ -47,6 +58,8 @@ __all__ = [
 MAX_SAMPLES = 1000
 #: samples per side of the optimal-transport problem (exact EMD is quadratic in memory)
 OT_SAMPLES = 500
+#: the card key of the source-vs-transferred linear CKA (older cards call it ``cka``)
+REPRESENTATION_CHANGE = "representation_change_cka"
 _VAR_FLOOR = 1e-6
 
 
@@ -227,9 +240,61 @@ def ot_distance(x: np.ndarray, y: np.ndarray) -> float:
     b, _ = _check(y, None, "ot_distance")
     if a.shape[1] != b.shape[1]:
         raise RobverifyError(f"ot_distance: expected the same feature width, got {a.shape[1]} and {b.shape[1]}")
-    cost = ot.dist(a, b, metric="sqeuclidean")
-    value = ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost, numItermax=1_000_000)
+    return _emd_distance(ot.dist(a, b, metric="sqeuclidean"))
+
+
+def _emd_distance(cost: np.ndarray) -> float:
+    """``sqrt`` of the optimal-transport cost between uniform measures for a ground cost [N, M] (exact EMD)."""
+    import ot
+
+    n, m = cost.shape
+    value = ot.emd2(np.full(n, 1 / n), np.full(m, 1 / m), cost, numItermax=1_000_000)
     return float(math.sqrt(max(float(value), 0.0)))
+
+
+def class_gaussians(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class diagonal Gaussians of features [N, D] with labels [N]: (classes [K] present, sorted; means [K, D];
+    standard deviations [K, D], population ``ddof=0``)."""
+    f, y = _check(features, labels, "class_gaussians")
+    classes = np.unique(y)
+    means = np.stack([f[y == k].mean(axis=0) for k in classes])
+    stds = np.stack([f[y == k].std(axis=0) for k in classes])
+    return classes, means, stds
+
+
+def gaussian_w2_diag(means_a: np.ndarray, stds_a: np.ndarray, means_b: np.ndarray, stds_b: np.ndarray) -> np.ndarray:
+    """Squared 2-Wasserstein distances between diagonal Gaussians, [K, D] x [L, D] -> [K, L]: the Bures-Wasserstein
+    closed form, which for diagonal covariances is ``|mu_a - mu_b|^2 + |sigma_a - sigma_b|^2``."""
+    import ot
+
+    mean_a, mean_b = np.atleast_2d(means_a), np.atleast_2d(means_b)
+    std_a, std_b = np.atleast_2d(stds_a), np.atleast_2d(stds_b)
+    return ot.dist(mean_a, mean_b, metric="sqeuclidean") + ot.dist(std_a, std_b, metric="sqeuclidean")
+
+
+def otdd(features_a: np.ndarray, labels_a: np.ndarray, features_b: np.ndarray, labels_b: np.ndarray) -> float:
+    """Optimal-transport dataset distance between labelled datasets (features_a [N, D], labels_a [N]) and
+    (features_b [M, D], labels_b [M]) (Alvarez-Melis & Fusi 2020); lower = closer.
+
+    ``sqrt(min_P sum P_ij c_ij)`` over couplings P of the uniform empirical measures (exact EMD, POT's ``emd2``),
+    with the ground cost ``c_ij = |a_i - b_j|^2 + W2(P_{y_i}, Q_{y'_j})^2``: the label-to-label cost is the
+    squared 2-Wasserstein distance between the two class-conditional feature distributions, each approximated by
+    a diagonal Gaussian (closed form, :func:`gaussian_w2_diag`). Labels are compared through their feature
+    distributions, not their names: renaming the classes of one dataset leaves the distance unchanged, moving
+    samples between classes does not. 0 for identical datasets; symmetric.
+    """
+    a, ya = _check(features_a, labels_a, "otdd")
+    b, yb = _check(features_b, labels_b, "otdd")
+    if a.shape[1] != b.shape[1]:
+        raise RobverifyError(f"otdd: expected the same feature width, got {a.shape[1]} and {b.shape[1]}")
+    import ot
+
+    classes_a, means_a, stds_a = class_gaussians(a, ya)
+    classes_b, means_b, stds_b = class_gaussians(b, yb)
+    label_cost = gaussian_w2_diag(means_a, stds_a, means_b, stds_b)  # [K, L]
+    rows, cols = np.searchsorted(classes_a, ya), np.searchsorted(classes_b, yb)
+    cost = ot.dist(a, b, metric="sqeuclidean") + label_cost[rows][:, cols]
+    return _emd_distance(cost)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -287,29 +352,37 @@ def transfer_similarity(source_model: nn.Module, transferred_model: nn.Module, s
     is read. Features are the source model's penultimate representation. Keys:
 
     ``logme``, ``hscore``, ``gbc`` (source features vs target labels), ``leep`` (source head softmax vs target
-    labels), ``cka`` (source vs transferred representation of the target samples), ``label_overlap`` (class names),
-    ``ot_distance`` (2-Wasserstein distance between source and target features, both standardised with the source
-    features' per-dimension mean and standard deviation; at most 500 samples per side).
+    labels), ``label_overlap`` (class names), ``ot_distance`` (2-Wasserstein distance between source and target
+    features, both standardised with the source features' per-dimension mean and standard deviation) and ``otdd``
+    (:func:`otdd` of the labelled source and target samples, same standardised features); the two OT measures read
+    at most ``OT_SAMPLES`` samples per side.
+
+    ``representation_change_cka`` (:data:`REPRESENTATION_CHANGE`) is not a task similarity: the linear CKA between
+    the source and the transferred model's features of the target samples, i.e. how much the strategy changed the
+    representation (1 for a linear probe). Older cards store it as ``cka``.
     """
     target_idx = _subset(len(target_data.y_train), max_samples, seed)
     source_idx = _subset(len(source_data.y_train), max_samples, seed + 1)
     x_t = target_data.x_train[torch.as_tensor(target_idx)]
     y_t = target_data.y_train[torch.as_tensor(target_idx)].cpu().numpy()
     x_s = source_data.x_train[torch.as_tensor(source_idx)]
+    y_s = source_data.y_train[torch.as_tensor(source_idx)].cpu().numpy()
     f_target = features_of(source_model, x_t)
     f_source = features_of(source_model, x_s)
     f_transferred = features_of(transferred_model, x_t)
     mean, std = f_source.mean(axis=0), np.maximum(f_source.std(axis=0), 1e-6)
     ot_s = _subset(len(f_source), OT_SAMPLES, seed + 2)
     ot_t = _subset(len(f_target), OT_SAMPLES, seed + 3)
+    z_source, z_target = (f_source[ot_s] - mean) / std, (f_target[ot_t] - mean) / std
     scores = {
         "logme": logme(f_target, y_t),
         "hscore": hscore(f_target, y_t),
         "leep": leep(_probabilities(source_model, x_t), y_t),
         "gbc": gbc(f_target, y_t),
-        "cka": linear_cka(f_target, f_transferred),
+        REPRESENTATION_CHANGE: linear_cka(f_target, f_transferred),
         "label_overlap": label_overlap(source_data.class_names, target_data.class_names),
-        "ot_distance": ot_distance((f_source[ot_s] - mean) / std, (f_target[ot_t] - mean) / std),
+        "ot_distance": ot_distance(z_source, z_target),
+        "otdd": otdd(z_source, y_s[ot_s], z_target, y_t[ot_t]),
     }
     bad = [k for k, v in scores.items() if not math.isfinite(v)]
     if bad:

@@ -1,5 +1,6 @@
 """Figures of the strategies report: certified radius per strategy, radius vs task similarity, the
-clean-vs-certified Pareto front, and training cost (PNG + SVG, local style only, as in :mod:`plots`).
+clean-vs-certified Pareto front, training cost, and training cost vs certified radius (PNG + SVG, local style
+only, as in :mod:`plots`).
 
 Every function returns the data read back from the drawn artists (box medians, scatter offsets, fitted lines,
 bar heights), so tests check what is on the figure.
@@ -21,8 +22,8 @@ from matplotlib.figure import Figure
 from robverify.analysis.distribution import correctly_classified
 from robverify.analysis.plots import EPS_LABEL, figure_style, save_figure
 
-__all__ = ["pareto_front", "plot_pareto", "plot_radius_by_strategy", "plot_radius_vs_similarity",
-           "plot_training_cost"]
+__all__ = ["pareto_front", "plot_cost_vs_radius", "plot_pareto", "plot_radius_by_strategy",
+           "plot_radius_vs_similarity", "plot_training_cost"]
 
 
 @contextlib.contextmanager
@@ -183,5 +184,34 @@ def plot_training_cost(points: pd.DataFrame, out_dir: Path, name: str = "trainin
         ax.set_title("Training cost per strategy and target task")
         if strategies:
             ax.legend(loc="upper right", fontsize="small")
+        save_figure(fig, out_dir, name)
+    return drawn
+
+
+def plot_cost_vs_radius(points: pd.DataFrame, out_dir: Path, name: str = "cost_vs_radius"
+                        ) -> dict[str, dict[str, np.ndarray]]:
+    """Training time (log x) vs median certified radius, one point per (strategy, task), one colour per strategy.
+
+    ``points``: one row per (strategy, task) with ``train_time_s`` and ``eps_lo_q50``.
+    Returns ``{strategy: {"x", "y" (as drawn), "tasks"}}``.
+    """
+    points = points.dropna(subset=["train_time_s", "eps_lo_q50"])
+    strategies = sorted(points["strategy"].astype(str).unique())
+    colours = _palette(strategies)
+    drawn: dict[str, dict[str, np.ndarray]] = {}
+    with _figure() as (fig, (ax,)):
+        for strategy in strategies:
+            part = points[points["strategy"] == strategy].sort_values("task")
+            dots = ax.scatter(part["train_time_s"].to_numpy(dtype=float), part["eps_lo_q50"].to_numpy(dtype=float),
+                              color=colours[strategy], label=strategy, s=30)
+            offsets = np.asarray(dots.get_offsets(), dtype=float)
+            drawn[strategy] = {"x": offsets[:, 0], "y": offsets[:, 1], "tasks": part["task"].astype(str).to_numpy()}
+        if len(points) and (points["train_time_s"] > 0).all():
+            ax.set_xscale("log")
+        ax.set_xlabel("training time (s)")
+        ax.set_ylabel("median certified radius eps_lo")
+        ax.set_title("Training cost vs certified radius")
+        if strategies:
+            ax.legend(loc="best", fontsize="small")
         save_figure(fig, out_dir, name)
     return drawn
