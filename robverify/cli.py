@@ -29,6 +29,10 @@ MethodOpt = Annotated[str, typer.Option(
 BackendOpt = Annotated[str, typer.Option("--backend", help="Verification backend.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run directory (created; resumed if it holds the same run).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of sample choice, splits and attacks.")]
+SeedsOpt = Annotated[Optional[str], typer.Option(
+    "--seeds", help="Training seeds, e.g. 0,1,2: one run each, into --out/seed-N when there are several.")]
+ScheduleOpt = Annotated[str, typer.Option(
+    "--schedule", help="Learning-rate schedule: constant, cosine, step or slow-start-fast-decay.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
 DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="Folder with torchvision datasets.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Specs bounded per engine call.")]
@@ -124,25 +128,42 @@ def sweep_epsilon(
 def train(
     task: Annotated[str, typer.Option("--task", help="Training task, e.g. mnist5k[0-4].")],
     arch: Annotated[str, typer.Option("--arch", help="mlp, cnn-small, cnn-bn or resnet-tiny.")] = "cnn-small",
-    method: Annotated[str, typer.Option("--method", help="standard, pgd, trades, ibp or crown-ibp.")] = "standard",
+    method: Annotated[str, typer.Option("--method", help="standard, pgd, trades, ibp, crown-ibp, sabr, mtl-ibp or "
+                                                           "ibp-shi.")] = "standard",
     eps: Annotated[float, typer.Option("--eps", help="Training eps, L-inf in pixel space [0, 1] (robust methods).")] = 0.0,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 3,
     out: Annotated[Path, typer.Option("--out", help="Output folder for model.onnx, model.pt, model.json.")] = Path("runs/model"),
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     train_batch: Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size.")] = 128,
     trades_beta: Annotated[float, typer.Option("--trades-beta", help="TRADES robust-loss weight.")] = 6.0,
-    seed: SeedOpt = 0, data_root: DataRootOpt = None, device: DeviceOpt = "cpu",
+    schedule: ScheduleOpt = "constant",
+    seed: SeedOpt = 0, seeds: SeedsOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = "cpu",
 ) -> None:
     """Train a source model and export it (ONNX with parity check, state dict, model card); resumes if interrupted."""
+    for run_seed, run_out in _seed_runs(seed, seeds, out):
+        path = train_and_export(task, arch, method, eps, epochs, run_out, run_seed, data_root, device=device, lr=lr,
+                                batch_size=train_batch, trades_beta=trades_beta, schedule=schedule)
+        _print_card(path)
+
+
+def _seed_runs(seed: int, seeds: str | None, out: Path) -> list[tuple[int, Path]]:
+    """(seed, output folder) per run of ``--seed`` / ``--seeds``."""
+    from trainers.pipeline import parse_seeds, seed_folders
+
+    if seeds is None:
+        return [(seed, out)]
+    if seed != 0:
+        raise RobverifyError("give --seed or --seeds, not both")
+    return seed_folders(out, parse_seeds(seeds))
+
+
+def _print_card(path: Path) -> None:
     from robverify.formats.model_card import ModelCard, card_path_for
 
-    path = train_and_export(task, arch, method, eps, epochs, out, seed, data_root, device=device, lr=lr,
-                            batch_size=train_batch, trades_beta=trades_beta)
-
     card = ModelCard.from_json(card_path_for(path))
-    console.print(f"{card.strategy or card.training.get('method')} on {card.task}: clean {card.clean_acc:.3f}, "
-                  f"PGD {card.pgd_acc:.3f}, certified {card.certified_acc:.3f} at eps {card.eps:g}; "
-                  f"training {card.train_time_s:.1f} s")
+    console.print(f"{card.strategy or card.training.get('method')} on {card.task} (seed {card.seed}): "
+                  f"clean {card.clean_acc:.3f}, PGD {card.pgd_acc:.3f}, certified {card.certified_acc:.3f} at eps "
+                  f"{card.eps:g}; training {card.train_time_s:.1f} s")
     console.print(f"model: {path}")
 
 
@@ -161,32 +182,37 @@ def transfer(
     source: Annotated[Path, typer.Argument(help="Folder of the source model (robverify train --out).")],
     task: Annotated[str, typer.Option("--task", help="Target task, e.g. mnist5k[5-9].")],
     strategy: Annotated[str, typer.Option("--strategy", help="linear-probe, linear-probe-adv, full-ft, adv-ft, "
-                                          "partial-ft, partial-ft-adv, rift, lora, bn-adapt, certified-ft, "
-                                          "scratch or scratch-adv.")],
+                                          "partial-ft, partial-ft-adv, rift, rift-adv, lora, lora-adv, lora-bn, "
+                                          "bn-adapt, bn-adapt-adv, twins, autolora, certified-ft, scratch or "
+                                          "scratch-adv.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder for model.onnx, model.pt, model.json.")],
     blocks: Annotated[Optional[int], typer.Option("--blocks", help="K: the last K blocks train (partial-ft).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
     eps: Annotated[Optional[float], typer.Option("--eps", help="Training/evaluation eps; default: the source's.")] = None,
-    adv: Annotated[str, typer.Option("--adv", help="Adversarial objective: pgd or trades.")] = "pgd",
-    certified: Annotated[str, typer.Option("--certified", help="certified-ft bound: ibp or crown-ibp.")] = "crown-ibp",
-    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank.")] = 4,
+    objective: Annotated[Optional[str], typer.Option(
+        "--objective", help="Training objective (standard, pgd, trades, ibp, crown-ibp, ...); default: the "
+                            "strategy's.")] = None,
+    adv: Annotated[Optional[str], typer.Option("--adv", help="Adversarial objective of the -adv strategies: pgd "
+                                               "or trades (default pgd).")] = None,
+    certified: Annotated[Optional[str], typer.Option(
+        "--certified", help="certified-ft objective: ibp, crown-ibp, sabr, mtl-ibp or ibp-shi (default crown-ibp).")] = None,
+    rank: Annotated[Optional[int], typer.Option("--rank", min=1, help="LoRA rank (default 4).")] = None,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     train_batch: Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size.")] = 128,
-    seed: SeedOpt = 0, data_root: DataRootOpt = None, device: DeviceOpt = "cpu",
+    schedule: ScheduleOpt = "constant",
+    seed: SeedOpt = 0, seeds: SeedsOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = "cpu",
 ) -> None:
     """Transfer a source model to a target task with a strategy and export it with its model card."""
-    from robverify.formats.model_card import ModelCard, card_path_for
     from trainers.pipeline import transfer_model
 
-    path = transfer_model(source, task, strategy, out, blocks=blocks, epochs=epochs, seed=seed, data_root=data_root,
-                          device=device, eps=eps, progress=True, adv=adv, certified=certified, rank=rank, lr=lr,
-                          batch_size=train_batch)
-
-    card = ModelCard.from_json(card_path_for(path))
-    console.print(f"{card.strategy or card.training.get('method')} on {card.task}: clean {card.clean_acc:.3f}, "
-                  f"PGD {card.pgd_acc:.3f}, certified {card.certified_acc:.3f} at eps {card.eps:g}; "
-                  f"training {card.train_time_s:.1f} s")
-    console.print(f"model: {path}")
+    # options given on the command line only: one that does not apply to the strategy is an error, not ignored
+    chosen = {k: v for k, v in dict(objective=objective, adv=adv, certified=certified, rank=rank).items()
+              if v is not None}
+    for run_seed, run_out in _seed_runs(seed, seeds, out):
+        path = transfer_model(source, task, strategy, run_out, blocks=blocks, epochs=epochs, seed=run_seed,
+                              data_root=data_root, device=device, eps=eps, progress=True, lr=lr,
+                              batch_size=train_batch, schedule=schedule, **chosen)
+        _print_card(path)
 
 
 @app.command("export-vnnlib")
@@ -206,10 +232,11 @@ def export_vnnlib(
     from robverify.ir.model import load_model
 
     check_eps(eps)
+    given = load_model(model)
     if data is None:
         task = task_for(model, task)
     pool = max(4 * n, n + 50)  # candidates (all, if fewer): enough to find n correctly classified ones
-    read = load_samples(load_model(model), task, pool, seed, data_root, data=data, input_range=input_range,
+    read = load_samples(given, task, pool, seed, data_root, data=data, input_range=input_range,
                         mean=mean, std=std, at_most=True)
     loaded, samples = read.model, read.samples
     instances = export_benchmark(loaded, samples.x, samples.label, samples.sample_id, eps, out, n=n,

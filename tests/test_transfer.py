@@ -200,7 +200,9 @@ def test_transfer_rejects_bad_input(source, tmp_path, kwargs, match):
 
 def test_every_strategy_is_covered():
     tested = {"linear-probe", "partial-ft", "bn-adapt", "lora", "rift", "linear-probe-adv", "full-ft", "adv-ft",
-              "partial-ft-adv", "certified-ft", "scratch", "scratch-adv"}
+              "partial-ft-adv", "certified-ft", "scratch", "scratch-adv",
+              # tests/test_strategies_v2.py
+              "rift-adv", "lora-adv", "lora-bn", "bn-adapt-adv", "twins", "autolora"}
     assert tested == set(STRATEGIES)
 
 
@@ -223,6 +225,10 @@ def test_cli_bad_inputs_exit_2_with_one_line(source, tmp_path):
         (["transfer", source, "--task", TARGET_TASK, "--strategy", "partial-ft", "--blocks", "5", "--out",
           tmp_path / "o"], "expected 1 to 3"),
         (["train", "--task", "digits", "--method", "pgd", "--eps", "-0.1", "--out", tmp_path / "t"], "in [0, 1]"),
+        (["transfer", source, "--task", TARGET_TASK, "--strategy", "adv-ft", "--objective", "standard", "--out",
+          tmp_path / "o"], "strategy adv-ft trains with an adversarial"),
+        (["transfer", source, "--task", TARGET_TASK, "--strategy", "full-ft", "--rank", "8", "--out",
+          tmp_path / "o"], "hyper-parameter rank does not apply to strategy full-ft"),
     ]
     for args, needle in cases:
         result = _cli(*args)

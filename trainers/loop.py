@@ -4,7 +4,9 @@ Every trainer (source methods and transfer strategies) goes through :func:`fit`.
 (``torch.manual_seed`` for step-level randomness such as PGD starts, a private generator for the shuffling
 order), stops with a :class:`~robverify.errors.RobverifyError` when the loss is not finite, shows an optional
 rich progress bar, and writes a checkpoint after every epoch: rerunning with the same ``key`` resumes after
-the last finished epoch and ends with the same weights as an uninterrupted run.
+the last finished epoch and ends with the same weights as an uninterrupted run. A learning-rate ``schedule``
+(:mod:`trainers.schedules`) sets the rate before every optimiser step from the global step count, so a resumed
+run follows the same schedule; ``constant`` never touches the rate.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from robverify.errors import RobverifyError
 from robverify.files import atomic_write
 from robverify.progress import progress_bar
+from trainers.schedules import Schedule, lr_factor
 
 __all__ = ["FitResult", "Objective", "fit", "set_train_mode"]
 
@@ -98,6 +101,11 @@ def _check_args(epochs: int, lr: float, batch_size: int) -> None:
         raise RobverifyError(f"lr: expected a positive number, got {lr!r}")
 
 
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def fit(
     model: nn.Module,
     x: Tensor,
@@ -114,14 +122,17 @@ def fit(
     progress: bool = False,
     description: str = "training",
     after_epoch: Callable[[int], None] | None = None,
+    schedule: Schedule | str = Schedule.CONSTANT,
 ) -> FitResult:
     """Train the parameters of ``model`` that require gradients (Adam) on ``x`` [N, C, H, W], ``y`` [N].
 
     ``checkpoint``: file written after every epoch (model, optimiser and RNG state); a checkpoint with the same
     ``key`` (a string naming the configuration) resumes training after its epoch. ``after_epoch(epoch)`` is
-    called once an epoch is checkpointed. The model is left in eval mode on ``device``.
+    called once an epoch is checkpointed. ``schedule``: learning-rate schedule (:mod:`trainers.schedules`) over
+    all optimiser steps, ``lr`` its peak. The model is left in eval mode on ``device``.
     """
     _check_args(epochs, lr, batch_size)
+    schedule = Schedule.parse(schedule)
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise RobverifyError(f"training data: expected matching non-empty x and y, got {list(x.shape)} and {list(y.shape)}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -157,12 +168,15 @@ def fit(
                 loss_sum, seen = torch.zeros((), device=device), 0
                 for step, idx in enumerate(_batches(n, batch_size, generator)):
                     xb, yb = x[idx].to(device), y[idx].to(device)
-                    loss = objective(model, xb, yb, ((epoch - 1) * per_epoch + step) / total)
+                    done = ((epoch - 1) * per_epoch + step) / total
+                    loss = objective(model, xb, yb, done)
                     if not torch.isfinite(loss):
                         raise RobverifyError(f"{description} diverged: loss is {loss.item()} at epoch {epoch}, "
                                              f"step {step + 1} (try a smaller learning rate than {lr:g})")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if schedule is not Schedule.CONSTANT:
+                        _set_lr(optimizer, lr * lr_factor(schedule, done))
                     optimizer.step()
                     loss_sum += loss.detach() * len(idx)
                     seen += len(idx)

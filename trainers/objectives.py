@@ -1,4 +1,5 @@
-"""Training objectives: ``standard``, ``pgd`` (Madry), ``trades`` and the certified ``ibp`` / ``crown-ibp``.
+"""Training objectives: ``standard``, ``pgd`` (Madry), ``trades``, the certified ``ibp`` / ``crown-ibp`` and
+(in :mod:`trainers.certified`) ``sabr``, ``mtl-ibp`` and ``ibp-shi``.
 
 An objective maps ``(model, x [B, C, H, W], y [B], progress)`` to a scalar loss (see :class:`trainers.loop.Objective`).
 Certified objectives bound the model through :func:`robverify.ir.from_module.from_module` and
@@ -28,8 +29,9 @@ from robverify.ir.from_module import from_module
 from robverify.spec import Method, robustness_spec
 from trainers.adversarial import pgd_examples, trades_examples
 from trainers.loop import Objective
+from trainers.schedules import Schedule
 
-__all__ = ["Hyper", "TrainMethod", "certified_loss", "make_objective", "robust_cross_entropy"]
+__all__ = ["CERTIFIED_METHODS", "Hyper", "TrainMethod", "certified_loss", "make_objective", "robust_cross_entropy"]
 
 
 class TrainMethod(str, enum.Enum):
@@ -40,6 +42,9 @@ class TrainMethod(str, enum.Enum):
     TRADES = "trades"
     IBP = "ibp"
     CROWN_IBP = "crown-ibp"
+    SABR = "sabr"  # trainers.certified: IBP on a small box around a PGD point (Mueller et al. 2023)
+    MTL_IBP = "mtl-ibp"  # trainers.certified: PGD and IBP losses, convex combination (De Palma et al. 2024)
+    IBP_SHI = "ibp-shi"  # trainers.certified: IBP with Shi et al. 2021's initialisation and regularisers
 
     @classmethod
     def parse(cls, value: "str | TrainMethod") -> "TrainMethod":
@@ -51,7 +56,11 @@ class TrainMethod(str, enum.Enum):
 
     @property
     def certified(self) -> bool:
-        return self in (TrainMethod.IBP, TrainMethod.CROWN_IBP)
+        return self in CERTIFIED_METHODS
+
+
+CERTIFIED_METHODS = (TrainMethod.IBP, TrainMethod.CROWN_IBP, TrainMethod.SABR, TrainMethod.MTL_IBP,
+                     TrainMethod.IBP_SHI)
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,12 @@ class Hyper:
     rank: int = 4  # lora: rank of the adapters
     rift_radius: float = 0.1  # rift: relative weight-perturbation radius of the criticality probe
     adv: str = "pgd"  # adversarial strategies: pgd or trades
-    certified: str = "crown-ibp"  # certified-ft: ibp or crown-ibp
+    certified: str = "crown-ibp"  # certified-ft: a certified method (ibp, crown-ibp, sabr, mtl-ibp, ibp-shi)
+    schedule: str = "constant"  # learning-rate schedule (trainers.schedules)
+    sabr_lambda: float = 0.4  # sabr: radius of the propagated box as a fraction of eps, in (0, 1]
+    mtl_alpha: float = 0.5  # mtl-ibp: weight of the IBP loss against the PGD loss, in [0, 1]
+    ibp_init: bool | None = None  # Shi et al. initialisation when training from scratch; None: for ibp-shi only
+    ibp_reg: float = 0.5  # ibp-shi: weight of the tightness + ReLU-balance regularisers at eps = 0
 
     @classmethod
     def parse(cls, hyper: dict[str, Any]) -> "Hyper":
@@ -83,7 +97,8 @@ class Hyper:
             v = values[name]
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise RobverifyError(f"{name}: expected a positive integer, got {v!r}")
-        for name in ("lr", "attack_alpha", "trades_beta", "warmup", "ramp", "kappa_end", "rift_radius"):
+        for name in ("lr", "attack_alpha", "trades_beta", "warmup", "ramp", "kappa_end", "rift_radius",
+                     "sabr_lambda", "mtl_alpha", "ibp_reg"):
             v = values[name]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise RobverifyError(f"{name}: expected a non-negative number, got {v!r}")
@@ -94,19 +109,33 @@ class Hyper:
             raise RobverifyError("warmup + ramp and kappa_end must each be at most 1")
         if values["adv"] not in ("pgd", "trades"):
             raise RobverifyError(f"adv: expected pgd or trades, got {values['adv']!r}")
-        if values["certified"] not in ("ibp", "crown-ibp"):
-            raise RobverifyError(f"certified: expected ibp or crown-ibp, got {values['certified']!r}")
+        certified = [m.value for m in CERTIFIED_METHODS]
+        if values["certified"] not in certified:
+            raise RobverifyError(f"certified: expected one of {', '.join(certified)}, got {values['certified']!r}")
+        values["schedule"] = Schedule.parse(values["schedule"]).value
+        if not 0 < values["sabr_lambda"] <= 1:
+            raise RobverifyError(f"sabr_lambda: expected a number in (0, 1], got {values['sabr_lambda']!r}")
+        if values["mtl_alpha"] > 1:
+            raise RobverifyError(f"mtl_alpha: expected a number in [0, 1], got {values['mtl_alpha']!r}")
+        if values["ibp_init"] is not None and not isinstance(values["ibp_init"], bool):
+            raise RobverifyError(f"ibp_init: expected true, false or none, got {values['ibp_init']!r}")
         return cls(**values)
+
+    def uses_ibp_init(self, method: TrainMethod) -> bool:
+        """Whether a model trained from scratch with ``method`` starts from Shi et al.'s IBP initialisation."""
+        return self.ibp_init if self.ibp_init is not None else method is TrainMethod.IBP_SHI
 
     def for_method(self, method: TrainMethod) -> dict[str, Any]:
         """The hyper-parameters ``method`` reads (for the model card)."""
-        keys = ["lr", "batch_size"]
-        if method in (TrainMethod.PGD, TrainMethod.TRADES):
+        keys = ["lr", "batch_size", "schedule"]
+        if method in (TrainMethod.PGD, TrainMethod.TRADES, TrainMethod.SABR, TrainMethod.MTL_IBP):
             keys += ["attack_steps", "attack_alpha"]
         if method is TrainMethod.TRADES:
             keys.append("trades_beta")
         if method.certified:
-            keys += ["warmup", "ramp", "kappa_end"]
+            keys += ["warmup", "ramp"] + ([] if method is TrainMethod.MTL_IBP else ["kappa_end"])
+        keys += {TrainMethod.SABR: ["sabr_lambda"], TrainMethod.MTL_IBP: ["mtl_alpha"],
+                 TrainMethod.IBP_SHI: ["ibp_reg"]}.get(method, [])
         return {k: getattr(self, k) for k in keys}
 
 
@@ -185,12 +214,16 @@ class _Certified:
         crown_weight = (1.0 - t) if self.crown else 0.0
         return t * self.eps, 1.0 - t * (1.0 - self.kappa_end), crown_weight
 
+    def robust(self, model: nn.Module, x: Tensor, y: Tensor, eps: float, crown_weight: float) -> Tensor:
+        """The robust loss at radius ``eps`` (subclasses in :mod:`trainers.certified` replace it)."""
+        return certified_loss(model, x, y, eps, self.n_classes, crown_weight)
+
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, progress: float) -> Tensor:
         eps, kappa, crown_weight = self.schedule(progress)
         natural = F.cross_entropy(model(x), y)
         if eps <= 0 or kappa >= 1:
             return natural
-        robust = certified_loss(model, x, y, eps, self.n_classes, crown_weight)
+        robust = self.robust(model, x, y, eps, crown_weight)
         return kappa * natural + (1.0 - kappa) * robust
 
 
@@ -203,4 +236,8 @@ def make_objective(method: TrainMethod | str, eps: float, n_classes: int, hyper:
         return _Pgd(eps, hyper.attack_steps, hyper.attack_alpha)
     if method is TrainMethod.TRADES:
         return _Trades(eps, hyper.attack_steps, hyper.attack_alpha, hyper.trades_beta)
+    if method in (TrainMethod.SABR, TrainMethod.MTL_IBP, TrainMethod.IBP_SHI):
+        from trainers.certified import certified_objective  # it builds on _Certified: imported here, not above
+
+        return certified_objective(method, eps, n_classes, hyper)
     return _Certified(eps, n_classes, method is TrainMethod.CROWN_IBP, hyper.warmup, hyper.ramp, hyper.kappa_end)

@@ -22,16 +22,17 @@ from robverify.errors import RobverifyError
 from robverify.formats.model_card import ModelCard
 from robverify.spec import Method
 from trainers.evaluate import certified_accuracy, pgd_accuracy
-from trainers.freezing import freeze, new_head
+from trainers.freezing import batchnorm_layers, freeze, new_head
 from robverify.devices import resolve_device
+from trainers.certified import ibp_initialise
 from trainers.loop import fit
 from trainers.objectives import Hyper, TrainMethod, make_objective
-from trainers.strategies import TransferContext, get_strategy, strategies_with_blocks
+from trainers.strategies import TransferContext, check_hyper, get_strategy, strategies_with_blocks
 from trainers.tasks import TaskData, load_task
 from trainers.training import accuracy
 from trainers.zoo import BlockNet, arch_config, build_model, build_model_from_config
 
-__all__ = ["load_source", "train_source", "transfer_model"]
+__all__ = ["load_source", "parse_seeds", "seed_folders", "train_source", "transfer_model"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,22 @@ def _check_epochs(epochs: Any) -> int:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise RobverifyError(f"epochs: expected a positive integer, got {epochs!r}")
     return epochs
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``: distinct non-negative integers, at least one."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not all(p.isdigit() for p in parts) or len(set(map(int, parts))) != len(parts):
+        raise RobverifyError(f"--seeds: expected distinct non-negative integers separated by commas, got {text!r}")
+    return [int(p) for p in parts]
+
+
+def seed_folders(out: Path, seeds: list[int]) -> list[tuple[int, Path]]:
+    """Where each seed's run goes: ``out`` itself for one seed, ``out/seed-<n>`` for several."""
+    out = Path(out)
+    if len(seeds) == 1:
+        return [(seeds[0], out)]
+    return [(seed, out / f"seed-{seed}") for seed in seeds]
 
 
 def _key(**parts: Any) -> str:
@@ -100,10 +117,12 @@ def train_source(task: str, arch: str, method: str, eps: float, epochs: int, out
     std = data.x_train.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()
     model = build_model(arch, data.input_shape, data.n_classes, mean=mean, std=std, seed=seed)
     training = {"method": train_method.value, "eps": eps, "epochs": epochs, **params.for_method(train_method)}
+    if params.uses_ibp_init(train_method):
+        training["ibp_init"] = ibp_initialise(model, seed) > 0
     key = _key(kind="train", task=str(data.task), arch=arch_config(model), seed=seed, **training)
     result = fit(model, data.x_train, data.y_train, make_objective(train_method, eps, data.n_classes, params),
                  epochs=epochs, lr=params.lr, batch_size=params.batch_size, seed=seed, device=dev,
-                 checkpoint=out / "checkpoint.pt", key=key, progress=progress,
+                 checkpoint=out / "checkpoint.pt", key=key, progress=progress, schedule=params.schedule,
                  description=f"{train_method.value} {data.task}")
     trainable = model.trainable_counts()
     scores, how = _evaluate(model, data, eps, seed)
@@ -161,18 +180,30 @@ def _holdout(data: TaskData, seed: int) -> tuple[torch.Tensor, torch.Tensor, tor
     return data.x_train[fit_idx], data.y_train[fit_idx], data.x_train[val_idx], data.y_train[val_idx]
 
 
+def _check_batchnorm(plan_name: str, model: BlockNet) -> None:
+    if not batchnorm_layers(model.blocks):
+        arch = (model.config or {}).get("arch", type(model).__name__)
+        raise RobverifyError(f"strategy {plan_name} needs BatchNorm layers; architecture {arch} has none (try cnn-bn)")
+
+
 def transfer_model(source_dir: Path, task: str, strategy: str, out: Path, *, blocks: int | None = None,
                    epochs: int = 2, seed: int = 0, data_root: Path | None = None, device: str = "cpu",
-                   eps: float | None = None, progress: bool = True, **hyper: Any) -> Path:
+                   eps: float | None = None, objective: str | None = None, progress: bool = True,
+                   **hyper: Any) -> Path:
     """Transfer the model in ``source_dir`` to ``task`` with ``strategy`` and export it to ``out/model.onnx``.
 
     ``blocks``: K of ``partial-ft`` / ``partial-ft-adv`` (the last K blocks train). ``eps``: training and
-    evaluation radius; default the source card's training eps. ``hyper``: see :class:`trainers.objectives.Hyper`
-    (``adv`` picks pgd or trades, ``certified`` ibp or crown-ibp, ``rank`` the LoRA rank, ...).
+    evaluation radius; default the source card's training eps. ``objective``: the training method (a
+    :class:`~trainers.objectives.TrainMethod` value; None: the strategy's default), an error where the strategy does
+    not train with it. ``hyper``: see :class:`trainers.objectives.Hyper` (``adv`` picks pgd or trades and
+    ``certified`` ibp or crown-ibp for strategies whose default objective is of that kind, ``rank`` the LoRA rank,
+    ...); a strategy-specific one the strategy would ignore is an error.
     """
     plan = get_strategy(strategy)
     epochs = _check_epochs(epochs)
+    check_hyper(plan, hyper, objective)
     params = Hyper.parse(hyper)
+    method = plan.method(params, objective)
     source, source_card, parent_hash = load_source(source_dir)
     n_blocks = len(source.block_names())
     if plan.needs_blocks:
@@ -182,8 +213,9 @@ def transfer_model(source_dir: Path, task: str, strategy: str, out: Path, *, blo
             raise RobverifyError(f"--blocks {blocks}: expected 1 to {n_blocks} (the source model has {n_blocks} blocks)")
     elif blocks is not None:
         raise RobverifyError(f"--blocks only applies to {' and '.join(strategies_with_blocks())}, not to {plan.name}")
+    if plan.needs_batchnorm:
+        _check_batchnorm(plan.name, source)
     eps = _check_eps(source_card.training.get("eps", 0.0) if eps is None else eps)
-    method = plan.method(params)
     if method.adversarial and eps == 0:
         raise RobverifyError(f"strategy {plan.name} trains with {method.value} and needs a radius: pass --eps "
                              f"(the source model was trained with eps 0)")
@@ -200,10 +232,17 @@ def transfer_model(source_dir: Path, task: str, strategy: str, out: Path, *, blo
         x_fit, y_fit, x_val, y_val = _holdout(target, seed)
     n_probe = min(RIFT_SOURCE_SAMPLES, len(source_data.y_train))
     ctx = TransferContext(source=source, x_source=source_data.x_train[:n_probe], y_source=source_data.y_train[:n_probe],
-                          x_val=x_val.to(dev), y_val=y_val.to(dev), eps=eps, hyper=params, blocks=blocks, seed=seed)
+                          x_val=x_val.to(dev), y_val=y_val.to(dev), eps=eps, hyper=params, blocks=blocks, seed=seed,
+                          method=method, x_fit=x_fit, y_fit=y_fit, epochs=epochs)
 
+    if params.ibp_init and not plan.scratch:
+        raise RobverifyError(f"ibp_init initialises a model trained from scratch; strategy {plan.name} starts from "
+                             f"the source's weights (use scratch or scratch-adv)")
+    ibp_init = False
     if plan.scratch:
         model = build_model_from_config({**source_card.architecture, "n_classes": target.n_classes}, seed=seed)
+        if params.uses_ibp_init(method):
+            ibp_init = ibp_initialise(model, seed) > 0
     else:
         model = copy.deepcopy(source)
         freeze(model)
@@ -213,14 +252,17 @@ def transfer_model(source_dir: Path, task: str, strategy: str, out: Path, *, blo
     extra_time = time.perf_counter() - started
     trainable = model.trainable_counts()
     training = {"method": method.value, "eps": eps, "epochs": epochs, **params.for_method(method)}
+    if ibp_init:
+        training["ibp_init"] = True
     if plan.needs_blocks:
         training["blocks"] = blocks
     for name in plan.hyper_keys:
         training[name] = getattr(params, name)
     key = _key(kind="transfer", parent=parent_hash, task=str(target.task), strategy=plan.name, seed=seed, **training)
-    result = fit(model, x_fit, y_fit, make_objective(method, eps, target.n_classes, params), epochs=epochs,
+    result = fit(model, x_fit, y_fit, plan.objective_for(ctx, target.n_classes), epochs=epochs,
                  lr=params.lr, batch_size=params.batch_size, seed=seed, device=dev, checkpoint=out / "checkpoint.pt",
-                 key=key, progress=progress, description=f"{plan.name} {source_card.task} -> {target.task}")
+                 key=key, progress=progress, schedule=params.schedule,
+                 description=f"{plan.name} {source_card.task} -> {target.task}")
     started = time.perf_counter()
     plan.finish(model, ctx)
     train_time = result.train_time_s + extra_time + (time.perf_counter() - started)

@@ -11,7 +11,8 @@ A study file (TOML; see ``examples/demo_study.toml``)::
 
     [study]     out (folder, relative to the study file), seed, device, data_root
     [source]    task, arch, method, eps, epochs, hyper = {...}      -- or model = "folder of robverify train"
-    [transfer]  targets = [...], strategies = [...], epochs, blocks, eps, hyper = {...}
+    [transfer]  targets = [...], strategies = [...], epochs, blocks, eps, hyper = {...}, objective,
+                seeds = [...] (one transfer, and one sweep of it, per training seed)
     [sweep]     n, method, backend, tol, eps_max, grid, batch_size, include_source,
                 data = {"<target task>" = "FILE or FOLDER", source = "..."}, input_range, mean, std
     [compare]   eps = [...], eps_ref, seed
@@ -85,7 +86,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "source": {"task": (str,), "arch": (str,), "method": (str,), "eps": (int, float), "epochs": (int,),
                "hyper": (dict,), "model": (str,)},
     "transfer": {"targets": (list,), "strategies": (list,), "epochs": (int,), "blocks": (int,), "eps": (int, float),
-                 "hyper": (dict,)},
+                 "hyper": (dict,), "objective": (str,), "seeds": (list,)},
     "sweep": {"n": (int,), "method": (str,), "backend": (str,), "tol": (int, float), "eps_max": (int, float),
               "grid": (str,), "batch_size": (int,), "include_source": (bool,), "data": (dict,),
               "input_range": (str,), "mean": (str,), "std": (str,)},
@@ -99,7 +100,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
               "executor": "local", "ray_address": None, "workers": None},
     "source": {"arch": "cnn-small", "method": "pgd", "eps": 0.1, "epochs": 3, "hyper": {}, "model": None,
                "task": None},
-    "transfer": {"epochs": 2, "blocks": None, "eps": None, "hyper": {}},
+    "transfer": {"epochs": 2, "blocks": None, "eps": None, "hyper": {}, "objective": None, "seeds": None},
     "sweep": {"n": 30, "method": "crown", "backend": "native", "tol": 1e-3, "eps_max": 0.3, "grid": None,
               "batch_size": 256, "include_source": True, "data": {}, "input_range": None, "mean": None,
               "std": None},
@@ -201,6 +202,11 @@ def parse_study(text: str, path: Path) -> Study:
         if not values or not all(isinstance(v, str) for v in values):
             raise RobverifyError(f"{study.where('transfer', key)}: [transfer] {key} must be a non-empty list of "
                                  f"strings")
+    seeds = settings["transfer"]["seeds"]
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)
+                              or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in seeds)):
+        raise RobverifyError(f"{study.where('transfer', 'seeds')}: [transfer] seeds must be a non-empty list of "
+                             f"distinct non-negative integers, got {seeds!r}")
     return Study(Path(path), settings, lines)
 
 
@@ -346,7 +352,8 @@ def _sweep(model: Path, task: str | None, out: Path, study: Study, progress: Cal
 
 def plan_study(study: Study, out: Path, progress: Callable[[int], None] = lambda k: None) -> list[Step]:
     """The steps of a study in order, with their inputs and folders (nothing runs)."""
-    from trainers.strategies import get_strategy
+    from trainers.objectives import Hyper
+    from trainers.strategies import applies, get_strategy
     from trainers.tasks import parse_task
 
     seed = study["study"]["seed"]
@@ -396,23 +403,34 @@ def plan_study(study: Study, out: Path, progress: Callable[[int], None] = lambda
         for strategy in tr["strategies"]:
             try:
                 plan = get_strategy(strategy)
+                # study-wide hyper-parameters: each strategy gets the ones that mean something to it
+                hyper = {k: v for k, v in tr["hyper"].items() if applies(plan, k, tr["objective"])}
+                plan.method(Hyper.parse(hyper), tr["objective"])
             except RobverifyError as exc:
                 raise RobverifyError(f"{study.where('transfer', 'strategies')}: {exc}") from None
             blocks = tr["blocks"] if plan.needs_blocks else None
-            inputs = {"kind": "transfer", "source": source.key, "task": task, "strategy": strategy,
-                      "epochs": tr["epochs"], "blocks": blocks, "eps": tr["eps"], "seed": seed, "hyper": tr["hyper"]}
+            for run_seed in tr["seeds"] or [seed]:
+                inputs = {"kind": "transfer", "source": source.key, "task": task, "strategy": strategy,
+                          "epochs": tr["epochs"], "blocks": blocks, "eps": tr["eps"], "seed": run_seed,
+                          "hyper": tr["hyper"]}
+                if tr["objective"] is not None:  # studies without it keep their cache keys
+                    inputs["objective"] = tr["objective"]
+                chosen = {} if tr["objective"] is None else {"objective": tr["objective"]}
 
-            def transfer(step: Step, task: str = task, strategy: str = strategy, blocks: int | None = blocks) -> None:
-                from trainers.pipeline import transfer_model
+                def transfer(step: Step, task: str = task, strategy: str = strategy, blocks: int | None = blocks,
+                             run_seed: int = run_seed, hyper: dict = hyper, chosen: dict = chosen) -> None:
+                    from trainers.pipeline import transfer_model
 
-                transfer_model(source.folder, task, strategy, step.folder, blocks=blocks, epochs=tr["epochs"],
-                               seed=seed, data_root=data_root, device=device, eps=tr["eps"], progress=False,
-                               **tr["hyper"])
+                    transfer_model(source.folder, task, strategy, step.folder, blocks=blocks, epochs=tr["epochs"],
+                                   seed=run_seed, data_root=data_root, device=device, eps=tr["eps"], progress=False,
+                                   **chosen, **hyper)
 
-            step = Step("transfer", f"transfer {strategy} -> {task}", inputs,
-                        out / "transfer" / f"{strategy}--{_slug(task)}-{_hash(inputs)}", transfer, deps=[source])
-            steps.append(step)
-            models.append((step, task, f"{strategy} on {task}"))
+                tag = f" seed {run_seed}" if tr["seeds"] is not None else ""
+                folder = f"{strategy}--{_slug(task)}{_slug(tag) and '-' + _slug(tag)}-{_hash(inputs)}"
+                step = Step("transfer", f"transfer {strategy} -> {task}{tag}", inputs, out / "transfer" / folder,
+                            transfer, deps=[source])
+                steps.append(step)
+                models.append((step, task, f"{strategy} on {task}{tag}"))
 
     sweeps: list[Step] = []
     own_data = _sweep_data(study, [str(parse_task(t)) for t in tr["targets"]])
