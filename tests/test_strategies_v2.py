@@ -180,6 +180,63 @@ def test_lora_bn_trains_adapters_batchnorm_and_head_only(source, target):
     assert _pgd_loss(model, x, y) < _pgd_loss(initial, x, y)
 
 
+# ---------------------------------------------------------------- adversarial variants of lora, bn-adapt
+
+
+@pytest.mark.parametrize("strategy", ["lora-adv", "bn-adapt-adv"])
+def test_adversarial_variants_train_their_part_with_pgd_and_keep_the_rest(source, target, strategy):
+    """lora-adv: adapters + head; bn-adapt-adv: BatchNorm affine + head; both with PGD (the strategy's kind), the
+    frozen weights bit-identical to the source, and a lower PGD cross-entropy than the untrained start."""
+    plan, model, ctx, src = _prepare(source, strategy, target)
+    assert ctx.method is TrainMethod.PGD
+    head = {"head.weight", "head.bias"}
+    bn = {f"{m}.{p}" for m in ("blocks.block1.1", "blocks.block2.1", "blocks.block3.2") for p in ("weight", "bias")}
+    adapters = {n for n, _ in model.named_parameters() if n.endswith((".up", ".down"))}
+    expected = (adapters | head) if strategy == "lora-adv" else (bn | head)
+    assert _trainable(model) == expected and (adapters if strategy == "lora-adv" else bn)
+    x, y = target
+    initial = _initial(source, strategy, target)
+    _train(plan, model, ctx)
+    state, source_state = model.state_dict(), src.state_dict()
+    for name in ("blocks.block1.0", "blocks.block2.0", "blocks.block3.1"):
+        weight = f"{name}.parametrizations.weight.original" if strategy == "lora-adv" else f"{name}.weight"
+        assert torch.equal(state[weight], source_state[f"{name}.weight"])
+        assert torch.equal(state[f"{name}.bias"], source_state[f"{name}.bias"])
+    plan.finish(model, ctx)
+    assert set(model.state_dict()) == set(source_state)
+    assert _pgd_loss(model, x, y) < _pgd_loss(initial, x, y)
+
+
+def test_rift_adv_trains_one_layer_adversarially(source, tmp_path):
+    """rift-adv: the least PGD-critical layer and the head train (PGD); every other source weight is untouched."""
+    out = transfer_model(source, TARGET_TASK, "rift-adv", tmp_path / "r", epochs=1, progress=False, **HYPER)
+    card = ModelCard.from_json(out.with_suffix(".json"))
+    layer = card.training["rift_layer"]
+    tuned, _, _ = load_source(out.parent)
+    tuned_state = tuned.state_dict()
+    src, _, _ = load_source(source)
+    changed = {k.rsplit(".", 1)[0] for k, v in src.state_dict().items()
+               if not k.startswith("head.") and k in tuned_state and not torch.equal(v, tuned_state[k])}
+    assert card.training["method"] == "pgd"
+    assert changed <= {layer}, (changed, layer)
+
+
+def test_cli_refuses_combinations_that_make_no_sense_in_one_line(source, tmp_path):
+    import subprocess
+    import sys
+
+    for args, words in ((["--strategy", "adv-ft", "--objective", "standard"], "objective standard does not apply"),
+                        (["--strategy", "full-ft", "--rank", "4"], "rank does not apply"),
+                        (["--strategy", "full-ft", "--schedule", "sometimes"], "schedule"),
+                        (["--strategy", "twins", "--objective", "crown-ibp"], "twins")):
+        result = subprocess.run([sys.executable, "-m", "robverify.cli", "transfer", str(source), "--task",
+                                 TARGET_TASK, "--out", str(tmp_path / "x"), "--epochs", "1", *args],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, (args, result.stderr)
+        assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not (tmp_path / "x" / "model.onnx").exists()
+
+
 # ---------------------------------------------------------------- the objective as a setting
 
 

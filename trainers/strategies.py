@@ -288,11 +288,10 @@ def applies(plan: Strategy, key: str, objective: str | None = None) -> bool:
 
 
 def check_hyper(plan: Strategy, hyper: dict[str, Any], objective: str | None = None) -> None:
-    """RobverifyError for a strategy-specific hyper-parameter that ``plan`` would ignore (one left at its default,
-    as the command line passes them, is no choice and passes)."""
-    defaults = Hyper()
-    for key, value in hyper.items():
-        if not applies(plan, key, objective) and value != getattr(defaults, key, object()):
+    """RobverifyError for a strategy-specific hyper-parameter given for ``plan``, which would ignore it (the
+    command line passes only the options given; a study passes each strategy only the ones that apply to it)."""
+    for key in hyper:
+        if not applies(plan, key, objective):
             users = [s.name for s in STRATEGIES.values() if applies(s, key)]
             why = f" (with --objective {objective}, the objective names the method)" if objective else ""
             raise RobverifyError(f"hyper-parameter {key} does not apply to strategy {plan.name}{why}; "
