@@ -46,7 +46,7 @@ _DATA_KEYS = ("data", "input_range", "mean", "std")
 DEMO_STUDY = """\
 # The embedded default study of `robverify demo`: a CROWN-IBP-trained cnn-small on mnist5k[0-4] transferred to four
 # targets of graded similarity with five strategies; every model swept on the same 40 test samples.
-# About 6-8 minutes on 2 CPU cores (measured on fresh checkouts: 376 s and 475 s, 2.4 GB peak memory); a second
+# About 4-8 minutes on 2 CPU cores (measured on fresh checkouts: 243 s, 376 s and 475 s, at most 2.4 GB); a second
 # run is all cached.
 
 [study]
