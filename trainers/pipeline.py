@@ -203,6 +203,9 @@ def transfer_model(source_dir: Path, task: str, strategy: str, out: Path, *, blo
     epochs = _check_epochs(epochs)
     check_hyper(plan, hyper, objective)
     params = Hyper.parse(hyper)
+    if params.ibp_init and not plan.scratch:
+        raise RobverifyError(f"ibp_init initialises a model trained from scratch; strategy {plan.name} starts from "
+                             f"the source's weights (use scratch or scratch-adv)")
     method = plan.method(params, objective)
     source, source_card, parent_hash = load_source(source_dir)
     n_blocks = len(source.block_names())
@@ -235,9 +238,6 @@ def transfer_model(source_dir: Path, task: str, strategy: str, out: Path, *, blo
                           x_val=x_val.to(dev), y_val=y_val.to(dev), eps=eps, hyper=params, blocks=blocks, seed=seed,
                           method=method, x_fit=x_fit, y_fit=y_fit, epochs=epochs)
 
-    if params.ibp_init and not plan.scratch:
-        raise RobverifyError(f"ibp_init initialises a model trained from scratch; strategy {plan.name} starts from "
-                             f"the source's weights (use scratch or scratch-adv)")
     ibp_init = False
     if plan.scratch:
         model = build_model_from_config({**source_card.architecture, "n_classes": target.n_classes}, seed=seed)

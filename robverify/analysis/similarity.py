@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robverify.analysis.runs import REPRESENTATION_CHANGE  # the card key (older cards: ``cka``)
 from robverify.errors import RobverifyError
 
 __all__ = [
@@ -58,8 +59,6 @@ __all__ = [
 MAX_SAMPLES = 1000
 #: samples per side of the optimal-transport problem (exact EMD is quadratic in memory)
 OT_SAMPLES = 500
-#: the card key of the source-vs-transferred linear CKA (older cards call it ``cka``)
-REPRESENTATION_CHANGE = "representation_change_cka"
 _VAR_FLOOR = 1e-6
 
 

@@ -83,20 +83,19 @@ class LoadedSamples:
     digest: str
 
 
-def normalised_model(model: Any, image_shape: Sequence[int], mean: str | None, std: str | None) -> Any:
+def normalised_model(model: Any, image_shape: Sequence[int], means: Sequence[float] | None,
+                     stds: Sequence[float] | None) -> Any:
     """``model`` with ``(x - mean) / std`` in front (:mod:`robverify.ir.normalise_input`), or ``model`` itself when
-    neither is given. ``mean`` / ``std``: the option texts, per channel of images ``image_shape``. The new ONNX file
+    neither is given. ``means`` / ``stds``: per channel of images ``image_shape`` (or one value). The new ONNX file
     lives in a folder removed when the process ends (a run directory keeps its own copy)."""
     import atexit
-    import shutil
     import tempfile
 
     import torch
 
     from robverify.ir.model import inputs_for, load_model
-    from robverify.ir.normalise_input import parse_channel_values, per_element, with_normalisation
+    from robverify.ir.normalise_input import per_element, with_normalisation
 
-    means, stds = parse_channel_values(mean, "--mean"), parse_channel_values(std, "--std")
     if means is None and stds is None:
         return model
     fitted = []
@@ -120,12 +119,14 @@ def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Pat
     import torch
 
     from robverify.ir.model import inputs_for
+    from robverify.ir.normalise_input import parse_channel_values
     from robverify.runs.jobs import Samples
     from trainers.user_data import load_user_data, parse_range, sample_data
 
     if data is not None and task is not None:
         raise RobverifyError("--task and --data exclude each other: the samples come from one of them")
     domain = parse_range(input_range)
+    means, stds = parse_channel_values(mean, "--mean"), parse_channel_values(std, "--std")
     if data is not None:
         user = load_user_data(data, domain)
         x, y, sample_id = sample_data(user, min(n, int(user.x.shape[0])) if at_most else n, seed=seed)
@@ -138,7 +139,7 @@ def load_samples(model: Any, task: str | None, n: int, seed: int, data_root: Pat
         loaded = load_task(task, data_root=data_root, seed=seed)
         x, y, sample_id = sample_test(loaded, min(n, len(loaded.y_test)) if at_most else n, seed=seed)
         name, n_classes = str(loaded.task), loaded.n_classes
-    model = normalised_model(model, tuple(x.shape[1:]), mean, std)
+    model = normalised_model(model, tuple(x.shape[1:]), means, stds)
     x, reshape = inputs_for(model, x)
     if model.graph.n_outputs < n_classes:
         raise RobverifyError(f"model has {model.graph.n_outputs} outputs, {name} has {n_classes} classes")
