@@ -104,3 +104,26 @@ def test_sweep_and_certify_with_method_bab_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     table = pd.read_parquet(cert / "results.parquet")
     assert (table["backend"] == "bab").all() and len(table) == 6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hunt_counterexamples_hold_in_the_torch_network(tmp_path, seed):
+    """The costlier attack on upper ends: each counterexample lies in its box and flips the torch network that
+    was exported (an oracle apart from onnxruntime and the graph IR); its distance is its own L-inf distance."""
+    net = relu_mlp(seed, (6, 16, 16, 3))
+    model = load_model(to_onnx(net, tmp_path / "mlp.onnx", (6,)))
+    x = torch.rand((12, 6), generator=torch.Generator().manual_seed(seed))
+    label = model.predict(x)
+    eps = 0.25
+    got = get_backend("bab")(model, "crown").hunt(robustness_spec(x, label, eps, 3), x)
+    assert 0 < int(got.falsified.sum()) < x.shape[0]
+    with torch.no_grad():
+        pred = net(got.x_adv.float()).argmax(1)
+    dist = (got.x_adv.double() - x.double()).abs().amax(1)
+    for i in range(x.shape[0]):
+        if bool(got.falsified[i]):
+            assert int(pred[i]) != int(label[i])
+            assert float(dist[i]) <= eps + 1e-6 and float(got.distance[i]) == pytest.approx(float(dist[i]))
+            assert bool(((got.x_adv[i] >= 0) & (got.x_adv[i] <= 1)).all())
+        else:
+            assert math.isinf(float(got.distance[i]))

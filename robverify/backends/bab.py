@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robverify.backends.base import AttackConfig, Backend, BackendOptions, Decision
+from robverify.backends.base import AttackConfig, Backend, BackendOptions, Decision, FalsifyResult
 from robverify.engine.bounds import compute_bounds
 from robverify.engine.complete import CompleteOptions, complete_verify
+from robverify.engine.falsify import diverse_pgd
+from robverify.ir.layout import fit_batch_of, fit_spec
 from robverify.ir.model import LoadedModel
 from robverify.spec import Method, Spec, Verdict
 
@@ -40,6 +42,9 @@ class BabBackend(Backend):
     name = "bab"
     decides = True
     default_timeout = 10.0
+    #: diversified PGD of :meth:`hunt`: copies per spec and steps
+    hunt_restarts = 32
+    hunt_steps = 100
 
     def __init__(self, model: LoadedModel, method: Method | str = Method.CROWN, *, batch_size: int = 256,
                  attack: AttackConfig | None = None, options: BackendOptions | None = None) -> None:
@@ -74,3 +79,18 @@ class BabBackend(Backend):
             return Decision([], spec.x_lo.detach().cpu(), torch.zeros(0, dtype=torch.long),
                             torch.zeros(0, dtype=torch.float64))
         return self._search(spec, budget.to(torch.float64).cpu())
+
+    def hunt(self, spec: Spec, x_ref: Tensor) -> FalsifyResult:
+        """Diversified PGD (:func:`~robverify.engine.falsify.diverse_pgd`, ``hunt_restarts`` copies of
+        ``hunt_steps`` steps per spec, all in one batch); candidates re-checked in onnxruntime."""
+        given = spec.x_lo
+        spec = fit_spec(self.model.graph, spec)
+        x_ref = fit_batch_of(self.model.graph, x_ref, spec.batch_size, "reference batch x_ref")
+        if spec.batch_size == 0:
+            return self._confirmed(spec, x_ref, spec.x_lo.clone(), torch.zeros(0, dtype=torch.bool), given)
+        graph = self.model.graph
+        result = diverse_pgd(graph, spec.to(graph.device, graph.dtype), restarts=self.hunt_restarts,
+                             steps=self.hunt_steps, seed=self.attack.seed)
+        x_adv = result.x_adv.to(spec.x_lo.dtype).cpu()
+        x_adv = torch.minimum(torch.maximum(x_adv, spec.x_lo.cpu()), spec.x_hi.cpu())
+        return self._confirmed(spec, x_ref, x_adv, result.found, given)

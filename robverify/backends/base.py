@@ -124,6 +124,11 @@ class Backend(ABC):
         """Decide each spec within ``budget`` ``[B]`` seconds (backends with ``decides``)."""
         raise NotImplementedError(f"backend {self.name} does not decide specs beyond its bound")
 
+    def hunt(self, spec: Spec, x_ref: Tensor) -> FalsifyResult:
+        """A costlier search for counterexamples than :meth:`falsify` (backends with ``decides``), run inside open
+        brackets before the complete search; same contract as :meth:`falsify`."""
+        raise NotImplementedError(f"backend {self.name} does not decide specs beyond its bound")
+
     @property
     def sample_budget(self) -> float:
         """Seconds per sample a deciding backend spends inside a sweep's open brackets (backends with ``decides``)."""
@@ -204,7 +209,13 @@ class Backend(ABC):
                 if known is not None:
                     x_adv[i] = known.to(x_adv.dtype)
                     found[i] = True
-        confirmed = self.model.confirm(spec, x_adv, found)
+        return self._confirmed(spec, x_ref, x_adv, found, given)
+
+    def _confirmed(self, spec: Spec, x_ref: Tensor, x_adv: Tensor, found: Tensor, given: Tensor) -> FalsifyResult:
+        """Candidates ``x_adv`` ``[B, *in]`` (``found`` ``[B]``) of ``spec`` (in the model's layout) re-checked in
+        onnxruntime, with their L-inf distances from ``x_ref``; ``x_adv`` back in the layout of ``given``."""
+        x_adv = x_adv.detach().cpu()
+        confirmed = self.model.confirm(spec, x_adv, found.detach().cpu())
         dist = (x_adv.double() - x_ref.detach().cpu().double()).flatten(1).abs().amax(dim=1)
         distance = torch.where(confirmed, dist, torch.full_like(dist, torch.inf))
         return FalsifyResult(confirmed, in_layout_of(x_adv, given), distance)

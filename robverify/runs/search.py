@@ -17,6 +17,7 @@ that was verified (NaN if not even eps = 0 was), ``eps_hi`` one that was falsifi
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 
@@ -35,6 +36,10 @@ from robverify.spec import Verdict, robustness_spec
 DECIDED_BY = ("bound", "attack", "bab", "none")
 #: a deciding backend is not started on a sample with less budget left than this (seconds)
 MIN_PROBE_S = 1.0
+#: bisection rounds of the costlier attack on the upper ends of open brackets (:func:`close_brackets`), and the
+#: share of a sample's budget they may use
+HUNT_ROUNDS = 4
+HUNT_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -238,13 +243,45 @@ def _result(scale: _Scale, base_ok: Tensor, top_ok: Tensor, v: Tensor, f: Tensor
     return SearchResult(eps_lo, eps_hi, n_calls, n_attacks, status, lo_by, hi_by, domains, bab_s, v, f)
 
 
+def _hunt_upper(backend: Backend, x: Tensor, label: Tensor, n_classes: int, scale: _Scale,
+                domain: tuple[float, float], active: Tensor, v: Tensor, f: Tensor, left: Tensor, hi_by: list[str],
+                budget: float) -> Tensor:
+    """The upper ends first: :meth:`Backend.hunt` bisects ``(a, f)`` for every open sample at once (``a``: the
+    largest probe it found nothing at, from ``v``), at most :data:`HUNT_ROUNDS` rounds and
+    :data:`HUNT_SHARE` of each sample's budget. A confirmed counterexample moves ``f`` to its own distance
+    (``hi_by = attack``). Returns the new ``f``; ``left`` ``[B]`` is charged the wall time, shared by the samples
+    of each round."""
+    f = f.clone()
+    a = v.clone()
+    spent = torch.zeros_like(left)
+    for _ in range(HUNT_ROUNDS):
+        idx = (active & scale.open(a, f) & (spent < HUNT_SHARE * budget)).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        pos = scale.mid(a[idx], f[idx])
+        spec = robustness_spec(x[idx], label[idx], scale.eps(pos).to(x.dtype), n_classes, domain)
+        began = time.perf_counter()
+        got = backend.hunt(spec, x[idx])
+        share = (time.perf_counter() - began) / idx.numel()
+        spent[idx] += share
+        left[idx] -= share
+        for j, i in enumerate(idx.tolist()):
+            if bool(got.falsified[j]):
+                f[i] = scale.from_distance(pos[j:j + 1], got.distance[j:j + 1])[0]
+                hi_by[i] = "attack"
+            else:
+                a[i] = pos[j]
+    return f
+
+
 def close_brackets(backend: Backend, x: Tensor, label: Tensor, n_classes: int, found: SearchResult, *,
                    budget: float, tol: float = 1e-4, grid: Sequence[float] | None = None, eps_max: float = 1.0,
                    domain: tuple[float, float] = (0.0, 1.0)) -> SearchResult:
     """Narrow the brackets that ``found`` (:func:`critical_epsilon` with the bound alone) left as ``gap`` with a
     deciding backend (:meth:`Backend.decide`, e.g. branch and bound), ``budget`` seconds per sample.
 
-    Each round asks the backend about every open sample at once, at the midpoint of ``(v, u)``: ``v`` the largest
+    First the upper ends: the backend's costlier attack (:meth:`Backend.hunt`) bisects between ``v`` and ``f``
+    (:func:`_hunt_upper`). Then each round asks the backend about every open sample at once, at the midpoint of ``(v, u)``: ``v`` the largest
     eps verified, ``u`` the smallest eps falsified or left undecided, with half the sample's remaining budget (all
     of it below ``2 * MIN_PROBE_S``). Verified moves ``v`` (``lo_by = bab``); a counterexample (confirmed by
     onnxruntime) moves ``eps_hi`` to its own L-inf distance (grid: the probe) (``hi_by = bab``); an undecided
@@ -259,8 +296,9 @@ def close_brackets(backend: Backend, x: Tensor, label: Tensor, n_classes: int, f
     base_ok = torch.tensor([s is not SweepStatus.UNVERIFIED for s in found.status], dtype=torch.bool)
     top_ok = torch.tensor([s is SweepStatus.ROBUST for s in found.status], dtype=torch.bool)
     active = torch.tensor([s is SweepStatus.GAP for s in found.status], dtype=torch.bool)
-    u = torch.minimum(f, torch.full_like(f, scale.top))
     left = torch.full((B,), float(budget), dtype=torch.float64)
+    f = _hunt_upper(backend, x, label, n_classes, scale, domain, active, v, f, left, hi_by, budget)
+    u = torch.minimum(f, torch.full_like(f, scale.top))
     while True:
         active &= scale.open(v, u) & scale.open(v, f) & (left >= MIN_PROBE_S)
         idx = active.nonzero().squeeze(1)
