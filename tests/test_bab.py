@@ -6,6 +6,8 @@ The default suite runs a seeded handful of queries (a few seconds); ``-m slow`` 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -25,6 +27,8 @@ def _model(tmp_path, kind: str, seed: int):
         return load_model(to_onnx(relu_mlp(seed, (4, 8, 8, 3)), tmp_path / f"mlp{seed}.onnx", (4,)))
     if kind == "mlp-wide":
         return load_model(to_onnx(relu_mlp(seed, (6, 16, 16, 3)), tmp_path / f"wide{seed}.onnx", (6,)))
+    if kind == "mlp-deep":  # three ReLU layers: children's intermediate boxes are recomputed by default
+        return load_model(to_onnx(relu_mlp(seed, (6, 16, 16, 16, 3)), tmp_path / f"deep{seed}.onnx", (6,)))
     return load_model(to_onnx(tiny_net("cnn-relu", seed), tmp_path / f"cnn{seed}.onnx", (1, 6, 6)))
 
 
@@ -48,13 +52,16 @@ def _open_specs(model, n: int, eps_list, seed: int):
                 torch.cat([p.C for p in picked]), torch.cat([p.d for p in picked]), first.group)
 
 
-def test_every_domain_bound_holds_on_the_points_of_its_domain(tmp_path):
+@pytest.mark.parametrize("kind", ["mlp-wide", "mlp-deep"])
+def test_every_domain_bound_holds_on_the_points_of_its_domain(tmp_path, kind):
     """Children of three rounds (kept even when proved): their lb is <= every sampled point of the box whose
-    pre-activations have the domain's phases; an empty-looking domain (lb inf) holds no such point."""
-    model = _model(tmp_path, "mlp-wide", 3)
+    pre-activations have the domain's phases; an empty-looking domain (lb inf) holds no such point. On the deep
+    MLP the children's intermediate boxes are recomputed (after their shallowest new split)."""
+    model = _model(tmp_path, kind, 3)
     spec = _open_specs(model, 6, (0.08, 0.15), seed=2)
     problems = split_disjuncts(spec)
     bab = ReluBab(model.graph, problems, BabOptions(batch=64, steps=10))
+    assert bab.refine_children == (kind == "mlp-deep")
     dom = bab.root()
     checked = 0
     for _ in range(3):
@@ -79,6 +86,33 @@ def test_every_domain_bound_holds_on_the_points_of_its_domain(tmp_path):
         checked += int(inside.any(1).sum())
         assert bool((dom.phase != 0).sum(1).min() >= 1)
     assert checked > 20
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_children_are_refined_after_their_shallowest_new_split_without_loss(tmp_path, seed):
+    """Recomputing only the layers after a child's shallowest new split gives the boxes and bounds of recomputing
+    every layer, and these are tighter than the inherited boxes alone (so the comparison has teeth)."""
+    model = _model(tmp_path, "mlp-deep", seed)
+    spec = _open_specs(model, 8, (0.1, 0.2), seed=seed + 10)
+    bab = ReluBab(model.graph, split_disjuncts(spec), BabOptions(batch=64, steps=5))
+    dom = bab.root()
+    tighter = 0
+    for _ in range(3):
+        dom = dom.select((dom.scores > -torch.inf).any(1).nonzero().squeeze(1)[:16])
+        kids = bab.branch(dom, 2)
+        assert kids.fresh is not None and bool((kids.fresh < len(bab.layers)).all())
+        fast = bab.bound(kids, steps=0)
+        full = bab.bound(replace(kids, fresh=None), steps=0)
+        plain = bab.bound(kids, steps=0, refine=False)
+        for name, (lo, hi) in fast.boxes.items():
+            assert torch.allclose(lo, full.boxes[name][0], atol=1e-5)
+            assert torch.allclose(hi, full.boxes[name][1], atol=1e-5)
+            tighter += int(((hi - lo) < (plain.boxes[name][1] - plain.boxes[name][0]) - 1e-4).sum())
+        finite = torch.isfinite(full.lb)
+        assert torch.equal(finite, torch.isfinite(fast.lb))
+        assert torch.allclose(fast.lb[finite], full.lb[finite], atol=1e-4)
+        dom = bab.bound(kids, steps=5)
+    assert tighter > 0
 
 
 def test_root_bound_is_at_least_crown(tmp_path):

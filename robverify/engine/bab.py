@@ -125,6 +125,8 @@ class Domains:
     beta: Tensor
     x_star: Tensor
     scores: Tensor | None = None
+    #: ``[M]`` long: the shallowest layer (index into ``ReluBab.layers``) split since the boxes were last bounded
+    fresh: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.problem.shape[0])
@@ -133,18 +135,20 @@ class Domains:
         return Domains(self.problem[index], self.lb[index], self.phase[index],
                        {k: (lo[index], hi[index]) for k, (lo, hi) in self.boxes.items()},
                        {k: v[index] for k, v in self.alpha.items()}, self.beta[index], self.x_star[index],
-                       None if self.scores is None else self.scores[index])
+                       None if self.scores is None else self.scores[index],
+                       None if self.fresh is None else self.fresh[index])
 
     @staticmethod
     def cat(parts: list["Domains"]) -> "Domains":
         first = parts[0]
         scores = None if any(p.scores is None for p in parts) else torch.cat([p.scores for p in parts])
+        fresh = None if any(p.fresh is None for p in parts) else torch.cat([p.fresh for p in parts])
         return Domains(torch.cat([p.problem for p in parts]), torch.cat([p.lb for p in parts]),
                        torch.cat([p.phase for p in parts]),
                        {k: (torch.cat([p.boxes[k][0] for p in parts]), torch.cat([p.boxes[k][1] for p in parts]))
                         for k in first.boxes},
                        {k: torch.cat([p.alpha[k] for p in parts]) for k in first.alpha},
-                       torch.cat([p.beta for p in parts]), torch.cat([p.x_star for p in parts]), scores)
+                       torch.cat([p.beta for p in parts]), torch.cat([p.x_star for p in parts]), scores, fresh)
 
     def nbytes(self) -> int:
         tensors = [self.problem, self.lb, self.phase, self.beta, self.x_star, *self.alpha.values()]
@@ -204,7 +208,7 @@ class ReluBab:
         prop = _Propagator(self.graph, spec.x_lo, spec.x_hi, self.bound_opts)
         prop.tighten = dom.boxes
         with torch.no_grad():
-            prop.intervals(refine=refine)
+            prop.intervals(refine=self._to_refine(dom) if refine and dom.boxes else refine)
         if refine and not dom.boxes and self.opts.root_intermediate_steps > 0:
             stops = [t for t in (self.intermediate_deadline, self.deadline) if t is not None]
             optimise_intermediate(prop, self.kept, self.opts.root_intermediate_steps,
@@ -241,6 +245,13 @@ class ReluBab:
         lb = torch.where(empty | torch.isnan(lb), torch.where(empty, math.inf, -math.inf), lb)
         scores = self._scores(boxes, dom.phase, record, best_row)
         return Domains(dom.problem, lb, dom.phase, boxes, alpha, beta, x_star.detach(), scores)
+
+    def _to_refine(self, dom: Domains) -> frozenset[str]:
+        """The layers whose boxes a CROWN pass can tighten for split domains ``dom``: those after the shallowest
+        layer split since their boxes were bounded (all when that is not recorded). A layer's CROWN box depends only on the boxes before it, and ``dom`` inherits
+        boxes computed under the same splits up to that layer, so recomputing earlier layers gains nothing."""
+        first = int(dom.fresh.min()) if dom.fresh is not None and len(dom) else -1
+        return frozenset(layer.pre for layer in self.layers[first + 1:])
 
     def _hook(self, beta: Tensor, sign: Tensor, record: dict[str, Tensor] | None
               ) -> Callable[[str, Tensor | None], Tensor | None]:
@@ -345,7 +356,13 @@ class ReluBab:
                 cur_lo, cur_hi = flat_lo[r, local], flat_hi[r, local]
                 flat_lo[r, local] = torch.where(p[inside] > 0, cur_lo.clamp(min=0.0), cur_lo)
                 flat_hi[r, local] = torch.where(p[inside] < 0, cur_hi.clamp(max=0.0), cur_hi)
-        return replace(dom, phase=phase, boxes=boxes, scores=None)
+        starts = torch.tensor([layer.offset for layer in self.layers], device=neurons.device)
+        layer_of = torch.searchsorted(starts, neurons, right=True) - 1  # [M, k]
+        fresh = layer_of.amin(1) if neurons.shape[1] else torch.full((len(dom),), len(self.layers),
+                                                                      device=neurons.device)
+        if dom.fresh is not None:
+            fresh = torch.minimum(fresh, dom.fresh)
+        return replace(dom, phase=phase, boxes=boxes, scores=None, fresh=fresh)
 
     def branch(self, dom: Domains, depth: int) -> Domains:
         """The ``2**depth`` children of each domain in ``dom`` (not yet bounded): split on its top ``depth``

@@ -167,12 +167,14 @@ class _Propagator:
         self.tighten: dict[str, Box] = {}
 
     # -- passes ------------------------------------------------------------------------------------------------
-    def intervals(self, refine: bool) -> None:
-        """Fill ``boxes`` for every node in order; with ``refine``, tighten the inputs of nonlinear nodes."""
+    def intervals(self, refine: bool | frozenset[str]) -> None:
+        """Fill ``boxes`` for every node in order; with ``refine``, tighten the inputs of nonlinear nodes (all of
+        them, or those named in the set)."""
         for node in self.graph.nodes:
             box = node.op.interval(*(self.boxes[i] for i in node.inputs))
             box = self._tightened(node.name, box)
-            if refine and node.name in self.relu_only and node.name not in self.exact:
+            wanted = refine if isinstance(refine, bool) else node.name in refine
+            if wanted and node.name in self.relu_only and node.name not in self.exact:
                 box = self._tightened(node.name, self.refine(node.name, box))
             self.boxes[node.name] = box
 
