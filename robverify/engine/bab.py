@@ -35,6 +35,7 @@ from robverify.engine.bounds import BoundOptions, _Propagator
 from robverify.engine.intermediate import optimise_intermediate
 from robverify.ir.graph import Graph
 from robverify.ops import Relu
+from robverify.ops.linear import Linear, MatMulLeft
 from robverify.ops.base import Box
 from robverify.spec import Spec
 
@@ -181,7 +182,7 @@ class ReluBab:
         self.n_neurons = offset
         #: whether children's intermediate boxes are recomputed (``BabOptions.intermediate``, None resolved)
         self.refine_children = self.opts.intermediate if self.opts.intermediate is not None else (
-            len(layers) >= DEEP and all(len(layer.shape) == 1 for layer in layers))
+            len(layers) >= DEEP and all(isinstance(graph.node(layer.pre).op, (Linear, MatMulLeft)) for layer in layers))
         self.G = self.spec.C.shape[1]
         #: ``time.perf_counter()`` after which the root's intermediate optimisation starts no further layer
         self.intermediate_deadline: float | None = None
