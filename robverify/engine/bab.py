@@ -35,8 +35,8 @@ from robverify.engine.bounds import BoundOptions, _Propagator
 from robverify.engine.intermediate import optimise_intermediate
 from robverify.ir.graph import Graph
 from robverify.ops import Relu
-from robverify.ops.linear import Linear, MatMulLeft
 from robverify.ops.base import Box
+from robverify.ops.linear import Linear, MatMulLeft
 from robverify.spec import Spec
 
 #: splittable layers from which children's intermediate boxes are recomputed by default (BabOptions.intermediate)
@@ -181,8 +181,9 @@ class ReluBab:
         self.layers: list[_Layer] = layers
         self.n_neurons = offset
         #: whether children's intermediate boxes are recomputed (``BabOptions.intermediate``, None resolved)
+        dense = all(isinstance(graph.node(layer.pre).op, (Linear, MatMulLeft)) for layer in layers)
         self.refine_children = self.opts.intermediate if self.opts.intermediate is not None else (
-            len(layers) >= DEEP and all(isinstance(graph.node(layer.pre).op, (Linear, MatMulLeft)) for layer in layers))
+            len(layers) >= DEEP and dense)
         self.G = self.spec.C.shape[1]
         #: ``time.perf_counter()`` after which the root's intermediate optimisation starts no further layer
         self.intermediate_deadline: float | None = None
@@ -249,8 +250,9 @@ class ReluBab:
 
     def _to_refine(self, dom: Domains) -> frozenset[str]:
         """The layers whose boxes a CROWN pass can tighten for split domains ``dom``: those after the shallowest
-        layer split since their boxes were bounded (all when that is not recorded). A layer's CROWN box depends only on the boxes before it, and ``dom`` inherits
-        boxes computed under the same splits up to that layer, so recomputing earlier layers gains nothing."""
+        layer split since their boxes were bounded (all when that is not recorded). A layer's CROWN box depends
+        only on the boxes before it, and ``dom`` inherits boxes computed under the same splits up to that layer, so
+        recomputing earlier layers gains nothing."""
         first = int(dom.fresh.min()) if dom.fresh is not None and len(dom) else -1
         return frozenset(layer.pre for layer in self.layers[first + 1:])
 

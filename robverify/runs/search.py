@@ -292,9 +292,9 @@ def close_brackets(backend: Backend, x: Tensor, label: Tensor, n_classes: int, f
 
     First the upper ends: the backend's costlier attack (:meth:`Backend.hunt`) bisects between ``v`` and ``f``
     (:func:`_hunt_upper`). Then each round asks the backend about every open sample at once, at the midpoint of
-    ``(v, u)`` first and :data:`LATER_PROBE` of the way up afterwards: ``v`` the largest
-    eps verified, ``u`` the smallest eps falsified or left undecided, with half the sample's remaining budget (all
-    of it below ``2 * MIN_PROBE_S``). Verified moves ``v`` (``lo_by = bab``); a counterexample (confirmed by
+    ``(v, u)`` first and :data:`LATER_PROBE` of the way up afterwards (``v`` the largest eps verified, ``u`` the
+    smallest eps falsified or left undecided), with half the sample's remaining budget (all of it below
+    ``2 * MIN_PROBE_S``). Verified moves ``v`` (``lo_by = bab``); a counterexample (confirmed by
     onnxruntime) moves ``eps_hi`` to its own L-inf distance (grid: the probe) (``hi_by = bab``); an undecided
     probe moves ``u``. A sample stops when its bracket is within ``tol`` (or adjacent grid points), ``u`` meets
     ``v``, or its budget is spent. The settings must be those ``found`` was searched with."""
