@@ -180,6 +180,7 @@ class ReluBab:
                 offset += size
         self.layers: list[_Layer] = layers
         self.n_neurons = offset
+        self._starts = torch.tensor([layer.offset for layer in layers], dtype=torch.long, device=self.spec.x_lo.device)
         #: whether children's intermediate boxes are recomputed (``BabOptions.intermediate``, None resolved)
         dense = all(isinstance(graph.node(layer.pre).op, (Linear, MatMulLeft)) for layer in layers)
         self.refine_children = self.opts.intermediate if self.opts.intermediate is not None else (
@@ -359,10 +360,7 @@ class ReluBab:
                 cur_lo, cur_hi = flat_lo[r, local], flat_hi[r, local]
                 flat_lo[r, local] = torch.where(p[inside] > 0, cur_lo.clamp(min=0.0), cur_lo)
                 flat_hi[r, local] = torch.where(p[inside] < 0, cur_hi.clamp(max=0.0), cur_hi)
-        starts = torch.tensor([layer.offset for layer in self.layers], device=neurons.device)
-        layer_of = torch.searchsorted(starts, neurons, right=True) - 1  # [M, k]
-        fresh = layer_of.amin(1) if neurons.shape[1] else torch.full((len(dom),), len(self.layers),
-                                                                      device=neurons.device)
+        fresh = (torch.searchsorted(self._starts, neurons, right=True) - 1).amin(1)  # shallowest layer split
         if dom.fresh is not None:
             fresh = torch.minimum(fresh, dom.fresh)
         return replace(dom, phase=phase, boxes=boxes, scores=None, fresh=fresh)
